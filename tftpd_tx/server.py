@@ -1,0 +1,362 @@
+"""
+The listener: requests in, transfers out.
+
+L{TFTPServer} decodes each datagram that reaches the server port, applies the
+policy steps (in L{TFTPServer.handle_read_request}, in order), asks the
+handler for the content, negotiates options and starts a
+L{tftpd_tx.session.ReadSession} on a port of its own.  Nothing raises out of
+C{datagramReceived}, and nothing in it waits: a handler that answers with a
+L{Deferred} holds up only its own client.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import wire
+from .content import Request, error_for, normalize_path
+from .netascii import NetasciiResponseData
+from .options import Limits, negotiate
+from .session import ReadSession, backoff_schedule
+from .stats import Outcome, ServerStats, SessionStats
+from .udp import listen_session, plain_address
+
+__all__ = ["Settings", "TFTPServer", "SESSION_MAX_PACKET"]
+
+#: Receive buffer of session ports: large enough for any TFTP datagram
+#: (blksize 65464 plus the 4-byte header), so nothing is ever truncated.
+SESSION_MAX_PACKET = 65536
+
+_MODES = frozenset({"octet", "netascii"})
+
+
+@dataclass
+class Settings:
+    """
+    The server's tunables; new transfers read them when they start, so they
+    can be changed while the server runs.
+
+    @ivar limits: what clients may negotiate (L{tftpd_tx.options.Limits}).
+    @ivar timeout: the first retransmit wait, in seconds, when the client
+        does not negotiate one (RFC 2349).
+    @ivar retries: retransmissions of the same packets before giving up.
+    @ivar rollover: the block number after 65535 (0 or 1).
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    timeout: float = 1.0
+    retries: int = 5
+    rollover: int = 0
+
+
+class TFTPServer(DatagramProtocol):
+    """
+    Serve read requests with a handler.
+
+    @param handler: an L{tftpd_tx.content.IHandler}.
+    @param settings: the L{Settings}; the defaults when omitted.
+    @param reactor: provides C{IReactorUDP} (for session ports) and
+        C{IReactorTime}; the global reactor when omitted.
+    @param stats: the L{ServerStats} to count into.
+    @param session_callback: called with the L{SessionStats} of every
+        transfer when it ends.
+
+    @ivar sessions: the live transfers, by session id.
+    """
+
+    noisy = False
+    _log = Logger()
+
+    def __init__(
+        self,
+        handler,
+        settings: Settings | None = None,
+        *,
+        reactor=None,
+        stats: ServerStats | None = None,
+        session_callback=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.handler = handler
+        self.settings = settings if settings is not None else Settings()
+        self.stats = stats if stats is not None else ServerStats()
+        self.sessions: dict[int, ReadSession] = {}
+        self._reactor = reactor
+        self._session_callback = session_callback
+        self._session_ids = itertools.count(1)
+        # Peers with a request in progress (the handler is still working, or
+        # the transfer runs): a repeated RRQ from them is a retransmission.
+        self._busy_peers: set[tuple[str, int]] = set()
+
+    # -- receiving ----------------------------------------------------------
+
+    def datagramReceived(self, datagram: bytes, addr, local: str | None = None) -> None:
+        """
+        Handle one datagram sent to the server port.
+
+        @param local: the address the datagram was sent to, when the port
+            knows it (L{tftpd_tx.udp.PacketInfoPort}); otherwise the port's
+            own address is used.
+        """
+        peer = plain_address(addr)
+        try:
+            self._dispatch(datagram, peer, local)
+        except Exception:
+            self._log.failure("Unexpected error on a datagram from {peer}", peer=peer)
+
+    def _dispatch(self, datagram: bytes, peer, local) -> None:
+        self.stats.increment("datagrams")
+        try:
+            packet = wire.decode(datagram)
+        except wire.DecodeError as error:
+            self._malformed(error, peer, local)
+            return
+        if isinstance(packet, wire.ReadRequest):
+            self.handle_read_request(packet, peer, self._local_address(local))
+        elif isinstance(packet, wire.WriteRequest):
+            self.stats.increment("requests.write")
+            self._log.info(
+                "Refused write request for {path!r} from {peer}: writing is not supported",
+                path=packet.filename,
+                peer=peer,
+            )
+            self.reply_error(
+                peer,
+                local,
+                wire.ErrorCode.ACCESS_VIOLATION,
+                "Write requests are not supported by this server",
+            )
+        else:
+            # DATA, ACK, ERROR or OACK belong to a transfer port; here they
+            # are leftovers of transfers that ended.  Silence is the answer.
+            self.stats.increment("datagrams.ignored")
+
+    def _malformed(self, error: wire.DecodeError, peer, local) -> None:
+        self.stats.increment("datagrams.malformed")
+        self._log.info(
+            "Malformed datagram from {peer}: {reason}", peer=peer, reason=error.reason
+        )
+        if error.opcode is None or error.opcode in (
+            wire.Opcode.DATA,
+            wire.Opcode.ACK,
+            wire.Opcode.ERROR,
+            wire.Opcode.OACK,
+        ):
+            return
+        self.reply_error(peer, local, error.code, "Malformed request")
+
+    def _local_address(self, local: str | None) -> tuple[str, int]:
+        host = self.transport.getHost()
+        return (local if local is not None else host.host, host.port)
+
+    def reply_error(self, peer, local: str | None, code: int, message: str) -> None:
+        """
+        Answer a request with an ERROR from the server port, with the source
+        address the request was sent to when the port can choose it.
+        """
+        datagram = wire.Error(code, message).encode()
+        write_from = getattr(self.transport, "write_from", None)
+        try:
+            if write_from is not None:
+                write_from(datagram, peer, local)
+            else:
+                self.transport.write(datagram, peer)
+        except OSError:
+            pass
+
+    # -- policy -------------------------------------------------------------
+
+    def handle_read_request(self, packet: wire.ReadRequest, peer, local) -> None:
+        """
+        The policy steps for an RRQ, in order: the mode, a retransmitted
+        request, L{allow_request}; then the handler.  Override the steps, not
+        this method.
+        """
+        stats = self.stats
+        stats.increment("requests.read")
+        request = Request(
+            peer=peer,
+            local=local,
+            path=packet.filename,
+            normalized_path=normalize_path(packet.filename),
+            mode=packet.mode,
+            options=packet.options,
+        )
+        if request.mode not in _MODES:
+            stats.increment("requests.bad_mode")
+            self._log.info(
+                "Refused {path!r} for {peer}: unsupported mode {mode!r}",
+                path=request.path,
+                peer=peer,
+                mode=request.mode,
+            )
+            self.reply_error(
+                peer, local[0], wire.ErrorCode.ILLEGAL_OPERATION, "Unsupported transfer mode"
+            )
+            return
+        if peer in self._busy_peers:
+            # Retransmitted RRQ: the client did not see our first answer yet.
+            # The transfer (or the handler) already running will answer.
+            stats.increment("requests.duplicate")
+            return
+        if not self.allow_request(request):
+            stats.increment("requests.denied")
+            return
+        self._busy_peers.add(peer)
+        self._ask_handler(request, self._reactor.seconds())
+
+    def allow_request(self, request: Request) -> bool:
+        """
+        Whether to serve C{request} at all; a request refused here is
+        ignored, so the client tries again or elsewhere.  Override for access
+        control; the default allows everything.
+        """
+        return True
+
+    # -- the handler --------------------------------------------------------
+
+    def _ask_handler(self, request: Request, started: float) -> None:
+        try:
+            result = self.handler.get_response_data(request)
+        except Exception:
+            self._refuse(Failure(), request)
+            return
+        if inspect.isawaitable(result) and not isinstance(result, Deferred):
+            result = ensureDeferred(result)
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                self._start_session,
+                self._refuse,
+                callbackArgs=(request, started),
+                errbackArgs=(request,),
+            )
+        else:
+            self._start_session(result, request, started)
+
+    def _refuse(self, failure: Failure, request: Request) -> None:
+        code, message, expected = error_for(failure.value)
+        if expected:
+            self._log.info(
+                "Refused {path!r} for {peer}: {message}",
+                path=request.path,
+                peer=request.peer,
+                message=message,
+            )
+        else:
+            self._log.failure(
+                "Handler failed on {path!r} for {peer}",
+                failure,
+                path=request.path,
+                peer=request.peer,
+            )
+        self._busy_peers.discard(request.peer)
+        self.stats.increment("outcome." + Outcome.REFUSED)
+        self.stats.increment(f"errors.{code}")
+        self.reply_error(request.peer, request.local[0], code, message)
+
+    # -- sessions -----------------------------------------------------------
+
+    def _start_session(self, response, request: Request, started: float) -> None:
+        settings = self.settings
+        try:
+            if request.mode == "netascii":
+                response = NetasciiResponseData(response)
+            negotiated = negotiate(request.options, settings.limits, response.size())
+        except Exception:
+            self._close_quietly(response)
+            self._refuse(Failure(), request)
+            return
+        stats = SessionStats(
+            peer=request.peer,
+            server_addr=request.local,
+            file_path=request.path,
+            mode=request.mode,
+            options_in=dict(request.options),
+            options_acked=dict(negotiated.oack or {}),
+            start_time=started,
+            blksize=negotiated.blksize,
+            windowsize=negotiated.windowsize,
+            size=response.size(),
+        )
+        session = ReadSession(
+            clock=self._reactor,
+            peer=request.peer,
+            response=response,
+            negotiated=negotiated,
+            schedule=backoff_schedule(
+                negotiated.timeout or settings.timeout, settings.retries
+            ),
+            rollover=settings.rollover,
+            stats=stats,
+            on_end=self._session_ended,
+        )
+        session.session_id = next(self._session_ids)
+        self.sessions[session.session_id] = session
+        self.stats.session_started()
+        try:
+            listen_session(
+                self._reactor, session, request.local[0], SESSION_MAX_PACKET
+            )
+        except Exception:
+            self._log.failure(
+                "Cannot open a transfer port for {peer} on {local}",
+                peer=request.peer,
+                local=request.local[0],
+            )
+            stats.error_code, stats.error_message = 0, "Server cannot open a port"
+            self.reply_error(request.peer, request.local[0], 0, stats.error_message)
+            session._end(Outcome.REFUSED)
+
+    def _close_quietly(self, response) -> None:
+        try:
+            response.close()
+        except Exception:
+            self._log.failure("Closing a response failed")
+
+    def _session_ended(self, session: ReadSession) -> None:
+        stats = session.stats
+        self.sessions.pop(session.session_id, None)
+        self._busy_peers.discard(session.peer)
+        self.stats.session_ended(stats)
+        self._log_transfer(stats)
+        if self._session_callback is not None:
+            try:
+                self._session_callback(stats)
+            except Exception:
+                self._log.failure("Session callback failed")
+
+    def _log_transfer(self, stats: SessionStats) -> None:
+        level = self._log.debug if stats.outcome == Outcome.PROBE else self._log.info
+        level(
+            "{outcome}: {path!r} to {peer} from {local}, {bytes} bytes in {blocks} "
+            "blocks, {retransmits} retransmits, {duration:.3f}s{error}",
+            outcome=stats.outcome,
+            path=stats.file_path,
+            peer=stats.peer,
+            local=stats.server_addr,
+            bytes=stats.bytes_sent,
+            blocks=stats.blocks_sent,
+            retransmits=stats.retransmits,
+            duration=stats.duration,
+            error=(
+                f" (error {stats.error_code}: {stats.error_message})"
+                if stats.error_code is not None
+                else ""
+            ),
+            session=stats,
+        )
+
+    def stop(self) -> None:
+        """
+        Abort every live transfer (the server is going away).
+        """
+        for session in list(self.sessions.values()):
+            session.abort("Server shutting down")

@@ -1,0 +1,350 @@
+"""
+One read transfer: a state machine on its own UDP port.
+
+A L{ReadSession} is the protocol of the port that is the transfer's TID.  It
+sends an OACK or the first window, then moves forward on ACKs and backward
+only on its timer.  Its only clock is the injected C{IReactorTime}; its only
+output is C{transport.write}.  Tests drive it with L{twisted.internet.task.Clock}
+and a fake transport.
+
+Block numbers: the session counts blocks with unbounded integers (block 0 is
+the OACK) and maps them to the 16-bit wire number only when a packet is built
+or an ACK is matched, so rollover is one function and not a special case.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from . import wire
+from .content import error_for
+from .options import Negotiated
+from .stats import Outcome, SessionStats
+
+__all__ = ["backoff_schedule", "ReadSession"]
+
+
+def backoff_schedule(
+    initial: float, retries: int, factor: float = 2.0, ceiling: float = 8.0
+) -> tuple[float, ...]:
+    """
+    The waits of a retransmit schedule.
+
+    Element C{i} is how long to wait for progress after the C{i}-th
+    transmission of the same packets (0 is the first sending); the session
+    gives up when the last wait passes.  Waits grow by C{factor} up to
+    C{ceiling} times the initial wait, so a client that went away costs a
+    bounded time and few packets.
+
+    @param initial: the first wait, in seconds.
+    @param retries: how many times to retransmit before giving up.
+    """
+    return tuple(
+        initial * min(factor**attempt, ceiling) for attempt in range(retries + 1)
+    )
+
+
+class ReadSession(DatagramProtocol):
+    """
+    Send one response to one peer, from the port this protocol listens on.
+
+    @param clock: the C{IReactorTime} for the retransmit timer.
+    @param peer: the client's C{(host, port)}; datagrams from anywhere else
+        get ERROR 5 and change nothing.
+    @param response: the L{tftpd_tx.content.IResponseData} to send; closed
+        when the session ends.
+    @param negotiated: the L{Negotiated} options; its C{oack}, if any, is
+        sent first and must be acknowledged with ACK 0.
+    @param schedule: the retransmit schedule (see L{backoff_schedule}).
+    @param rollover: the block number that follows 65535: 0 or 1.
+    @param stats: the L{SessionStats} to fill in.
+    @param on_end: called with this session once it has ended and let go of
+        its port, its timer and its response.
+    """
+
+    noisy = False
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock,
+        peer: tuple[str, int],
+        response,
+        negotiated: Negotiated,
+        schedule: Sequence[float],
+        rollover: int,
+        stats: SessionStats,
+        on_end: Callable[[ReadSession], object] = lambda session: None,
+    ) -> None:
+        self.peer = peer
+        self.stats = stats
+        self._clock = clock
+        self._response = response
+        self._blksize = negotiated.blksize
+        self._window = negotiated.windowsize
+        self._schedule = tuple(schedule)
+        self._on_end = on_end
+        self._rollover = rollover
+        self._modulus = 0x10000 if rollover == 0 else 0xFFFF
+        self._oack = (
+            wire.OptionAck(negotiated.oack).encode() if negotiated.oack else None
+        )
+        # The unacknowledged part of the transfer: _packets[i] is the DATA
+        # packet for block _acked + 1 + i; the first _sent of them are on the
+        # wire.  _eof is set once the short (last) block has been read.
+        self._acked = 0
+        self._packets: list[bytes] = []
+        self._sent = 0
+        self._eof = False
+        self._reading: Deferred | None = None
+        self._attempt = 0
+        self._timer = None
+        self.ended = False
+
+    # -- the protocol -------------------------------------------------------
+
+    def startProtocol(self) -> None:
+        self.stats.start_time = self.stats.start_time or self._clock.seconds()
+        if self._oack is not None:
+            self.stats.first_data_time = self._clock.seconds()
+            self._write(self._oack)
+        else:
+            self._advance()
+        self._arm(0)
+
+    def datagramReceived(self, datagram: bytes, addr) -> None:
+        if addr != self.peer:
+            self._stray(datagram, addr)
+        elif len(datagram) == 4 and datagram[1] == wire.Opcode.ACK and not datagram[0]:
+            self._ack((datagram[2] << 8) | datagram[3])
+        elif datagram[:2] == b"\0\5":
+            self._peer_error(datagram)
+        # Anything else from the peer (a repeated RRQ, a malformed ACK) is
+        # noise that must not disturb the transfer: ignore it.
+
+    # -- moving forward -----------------------------------------------------
+
+    def _ack(self, number: int) -> None:
+        """
+        Act on an ACK: progress if it acknowledges something new, nothing at
+        all otherwise.  Answering a duplicate ACK with DATA would double the
+        traffic for the rest of the transfer (the Sorcerer's Apprentice bug,
+        RFC 1123 4.2.3.1); only the timer retransmits.
+        """
+        if self.ended:
+            return
+        if self._oack is not None:
+            if number != 0:
+                return
+            self._oack = None
+            progress = 0
+        else:
+            progress = (number - self._wire_block(self._acked)) % self._modulus
+            if not 0 < progress <= self._sent:
+                return
+        stats = self.stats
+        stats.packets_acked += 1
+        stats.last_ack_time = self._clock.seconds()
+        self._acked += progress
+        del self._packets[:progress]
+        if self._eof and not self._packets:
+            self._end(Outcome.COMPLETED)
+            return
+        # RFC 7440: after an ACK for any block, the next window starts right
+        # after it, including blocks of the old window that were lost.
+        self._sent = 0
+        self._attempt = 0
+        self._advance()
+        self._arm(0)
+
+    def _advance(self) -> None:
+        """
+        Read until the window is full (or the content ends, or a read is
+        pending), send what has not been sent, and wait for an ACK.
+        """
+        packets = self._packets
+        while len(packets) < self._window and not self._eof and self._reading is None:
+            try:
+                chunk = self._response.read(self._blksize)
+            except Exception as exc:
+                self._content_failed(exc)
+                return
+            if isinstance(chunk, Deferred):
+                self._reading = chunk
+                chunk.addCallbacks(self._read_done, self._read_failed)
+                break
+            self._append(chunk)
+        self._send_unsent()
+
+    def _append(self, chunk: bytes) -> None:
+        block = self._acked + len(self._packets) + 1
+        self._packets.append(wire.data_header(self._wire_block(block)) + chunk)
+        if len(chunk) < self._blksize:
+            self._eof = True
+
+    def _send_unsent(self) -> None:
+        packets = self._packets
+        if self._sent == len(packets):
+            return
+        stats = self.stats
+        if stats.first_data_time is None:
+            stats.first_data_time = self._clock.seconds()
+        for packet in packets[self._sent :]:
+            self._write(packet)
+            stats.blocks_sent += 1
+            stats.bytes_sent += len(packet) - 4
+        self._sent = len(packets)
+
+    def _read_done(self, chunk: bytes) -> None:
+        self._reading = None
+        if self.ended:
+            return
+        self._append(chunk)
+        self._advance()
+        self._arm(self._attempt)
+
+    def _read_failed(self, failure) -> None:
+        self._reading = None
+        if not self.ended and not failure.check(CancelledError):
+            self._content_failed(failure.value, failure)
+
+    def _content_failed(self, exc: BaseException, failure=None) -> None:
+        code, message, expected = error_for(exc)
+        if not expected:
+            self._log.failure(
+                "Reading {path!r} for {peer} failed",
+                failure,
+                path=self.stats.file_path,
+                peer=self.peer,
+            )
+        self._write(wire.Error(code, message).encode())
+        self.stats.error_code, self.stats.error_message = code, message
+        self._end(Outcome.REFUSED)
+
+    # -- moving backward: the timer -----------------------------------------
+
+    def _arm(self, attempt: int) -> None:
+        """
+        (Re)start the one timer of this session with the wait for C{attempt}.
+        """
+        if self.ended:
+            return
+        delay = self._schedule[attempt]
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            self._timer = self._clock.callLater(delay, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._attempt += 1
+        if self._attempt >= len(self._schedule):
+            self._end(Outcome.TIMEOUT)
+            return
+        if self._oack is not None:
+            self._write(self._oack)
+            self.stats.retransmits += 1
+        else:
+            # Everything on the wire and not acknowledged goes again.  While
+            # a read is pending there may be nothing to resend: the wait
+            # still counts, so a read that never returns ends the session.
+            for packet in self._packets[: self._sent]:
+                self._write(packet)
+                self.stats.retransmits += 1
+        self._timer = self._clock.callLater(
+            self._schedule[self._attempt], self._timed_out
+        )
+
+    # -- everything else ----------------------------------------------------
+
+    def _wire_block(self, block: int) -> int:
+        """
+        The 16-bit number a block carries on the wire.
+        """
+        if self._rollover == 0:
+            return block & 0xFFFF
+        return (block - 1) % 0xFFFF + 1 if block else 0
+
+    def _write(self, packet: bytes, addr=None) -> None:
+        """
+        Send a datagram; one the kernel refuses (a full buffer) counts as lost
+        and the timer recovers it, as for any other loss.
+        """
+        try:
+            self.transport.write(packet, addr or self.peer)
+        except OSError:
+            pass
+        else:
+            self.stats.packets_sent += 1
+
+    def _stray(self, datagram: bytes, addr) -> None:
+        """
+        Answer a datagram from another address or port with ERROR 5 (RFC
+        1350 section 4), unless it is itself an ERROR, which is never
+        answered (two servers must not bounce errors off each other).
+        """
+        if datagram[:2] != b"\0\5":
+            self._write(
+                wire.Error(wire.ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode(),
+                addr,
+            )
+        self._log.debug(
+            "Stray datagram from {stray} to the transfer of {path!r} for {peer}",
+            stray=addr,
+            path=self.stats.file_path,
+            peer=self.peer,
+        )
+
+    def _peer_error(self, datagram: bytes) -> None:
+        if self.ended:
+            return
+        try:
+            error = wire.decode(datagram)
+        except wire.DecodeError:
+            error = wire.Error(wire.ErrorCode.NOT_DEFINED, "")
+        self.stats.error_code = error.code
+        self.stats.error_message = error.message
+        # An ERROR in answer to the OACK is how PXE ROMs end a size probe.
+        probe = self._oack is not None
+        self._end(Outcome.PROBE if probe else Outcome.PEER_ERROR)
+
+    def abort(self, message: str = "Transfer aborted") -> None:
+        """
+        End the transfer now, telling the peer with ERROR 0 and C{message}.
+        """
+        if self.ended:
+            return
+        self._write(wire.Error(wire.ErrorCode.NOT_DEFINED, message).encode())
+        self.stats.error_code = wire.ErrorCode.NOT_DEFINED
+        self.stats.error_message = message
+        self._end(Outcome.ABORTED)
+
+    def _end(self, outcome: str) -> None:
+        """
+        Let go of everything: timer, pending read, response, port.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        self.stats.outcome = outcome
+        self.stats.end_time = self._clock.seconds()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._packets = []
+        if self._reading is not None:
+            self._reading.cancel()
+        try:
+            self._response.close()
+        except Exception:
+            self._log.failure(
+                "Closing the response for {path!r} failed", path=self.stats.file_path
+            )
+        if self.transport is not None:
+            self.transport.stopListening()
+        self._on_end(self)

@@ -1,0 +1,128 @@
+"""
+Statistics: one L{SessionStats} per transfer and one L{ServerStats} per
+server.
+
+These objects are the single source that the transfer log line, session
+callbacks, the manhole and metrics read from, so every number is counted
+once, where it happens.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+__all__ = ["Outcome", "SessionStats", "ServerStats"]
+
+
+class Outcome:
+    """
+    How a transfer ended (the C{outcome} of L{SessionStats}).
+    """
+
+    #: The client acknowledged the last block.
+    COMPLETED = "completed"
+    #: The client answered the OACK with an ERROR: typically a PXE ROM that
+    #: only wanted the size (tsize) and will ask again.  Not a failure.
+    PROBE = "probe"
+    #: The client sent an ERROR during the transfer.
+    PEER_ERROR = "peer-error"
+    #: The client stopped answering and every retransmission was used.
+    TIMEOUT = "timeout"
+    #: The handler or the content refused or failed; the client got an ERROR.
+    REFUSED = "refused"
+    #: Stopped from outside (an operator, or the server shutting down).
+    ABORTED = "aborted"
+
+
+@dataclass(eq=False)
+class SessionStats:
+    """
+    Everything known about one transfer, filled in as it runs.
+
+    Times come from the session's clock (seconds, as C{IReactorTime.seconds}
+    returns them).  The field names follow fbtftp's C{SessionStats} where it
+    has one.
+    """
+
+    peer: tuple[str, int]
+    server_addr: tuple[str, int]
+    file_path: str
+    mode: str = "octet"
+    options_in: dict[str, str] = field(default_factory=dict)
+    options_acked: dict[str, str] = field(default_factory=dict)
+    start_time: float = 0.0
+    end_time: float | None = None
+    first_data_time: float | None = None
+    blksize: int = 512
+    windowsize: int = 1
+    size: int | None = None
+    packets_sent: int = 0
+    packets_acked: int = 0
+    blocks_sent: int = 0
+    bytes_sent: int = 0
+    retransmits: int = 0
+    last_ack_time: float | None = None
+    outcome: str | None = None
+    error_code: int | None = None
+    error_message: str = ""
+
+    @property
+    def duration(self) -> float | None:
+        """
+        Seconds from the request to the end, or L{None} while running.
+        """
+        if self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    @property
+    def handler_latency(self) -> float | None:
+        """
+        Seconds from the request to the first DATA (or OACK) sent.
+        """
+        if self.first_data_time is None:
+            return None
+        return self.first_data_time - self.start_time
+
+
+class ServerStats:
+    """
+    Counters for a whole server.
+
+    Counters are named by strings (C{"requests"}, C{"outcome.completed"},
+    C{"errors.1"}, ...) and only ever go up, except through
+    L{get_and_reset_all_counters}.
+    """
+
+    def __init__(self) -> None:
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.active_sessions = 0
+
+    def increment(self, name: str, amount: int = 1) -> None:
+        self.counters[name] += amount
+
+    def session_started(self) -> None:
+        self.active_sessions += 1
+
+    def session_ended(self, session: SessionStats) -> None:
+        """
+        Fold a finished transfer into the counters.
+        """
+        self.active_sessions -= 1
+        counters = self.counters
+        counters["outcome." + (session.outcome or "unknown")] += 1
+        counters["bytes_sent"] += session.bytes_sent
+        counters["packets_sent"] += session.packets_sent
+        counters["retransmits"] += session.retransmits
+        if session.error_code is not None and session.outcome != Outcome.PROBE:
+            counters[f"errors.{session.error_code}"] += 1
+
+    def get_and_reset_all_counters(self) -> dict[str, int]:
+        """
+        Return every counter and start them all again from zero, as fbtftp's
+        method of the same name does for periodic reporting.
+        """
+        snapshot = dict(self.counters)
+        self.counters.clear()
+        return snapshot

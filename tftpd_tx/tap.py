@@ -1,0 +1,153 @@
+"""
+C{twistd tftp}: command-line options and the service they make.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from .content import FilesystemHandler
+from .options import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE, Limits
+from .server import Settings
+from .service import TFTPService
+
+
+def _bounded(kind, low, high, option):
+    """
+    A coercer for C{option} that accepts a C{kind} within C{[low, high]}
+    and says what is wrong otherwise.
+    """
+
+    def coerce(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(
+                f"--{option} must be a number from {low} to {high}, not {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise ValueError(f"--{option} must be from {low} to {high}, not {text}")
+        return value
+
+    coerce.coerceDoc = f"From {low} to {high}."
+    return coerce
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd tftp}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the files under --root, read-only, over TFTP (RFC 1350) with "
+        "the blksize, timeout, tsize and windowsize options (RFC 2347, 2348, "
+        "2349, 7440).  Paths never leave the root: '..' and symbolic links "
+        "pointing outside it are refused."
+    )
+
+    optParameters = [
+        ["root", "r", "/srv/tftp", "Directory to serve, read-only."],
+        ["port", "p", 69, "UDP port to listen on.", _bounded(int, 0, 65535, "port")],
+        [
+            "interface",
+            "i",
+            "",
+            "Address to listen on (IPv4 or IPv6). Default: every address, "
+            "IPv4 and IPv6, on one dual-stack socket.",
+        ],
+        [
+            "timeout",
+            "t",
+            1.0,
+            "First retransmit wait in seconds (may be fractional), when the "
+            "client does not negotiate one; later waits double, up to 8 times it.",
+            _bounded(float, 0.01, 255, "timeout"),
+        ],
+        [
+            "retries",
+            None,
+            5,
+            "Retransmissions of the same packets before a transfer is given up.",
+            _bounded(int, 0, 100, "retries"),
+        ],
+        [
+            "max-blksize",
+            None,
+            MAX_BLKSIZE,
+            "Largest block size granted (RFC 2348); larger requests are clamped.",
+            _bounded(int, MIN_BLKSIZE, MAX_BLKSIZE, "max-blksize"),
+        ],
+        [
+            "max-windowsize",
+            None,
+            64,
+            "Largest window granted, in blocks (RFC 7440).",
+            _bounded(int, 1, MAX_WINDOWSIZE, "max-windowsize"),
+        ],
+        [
+            "max-window-bytes",
+            None,
+            256 * 1024,
+            "Most payload bytes one window may hold; the window is clamped to "
+            "this divided by the block size.",
+            _bounded(int, MIN_BLKSIZE, 64 * 1024 * 1024, "max-window-bytes"),
+        ],
+        [
+            "rollover",
+            None,
+            0,
+            "Block number that follows 65535: 0 or 1.",
+            _bounded(int, 0, 1, "rollover"),
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        root = self["root"]
+        if not os.path.isdir(root):
+            raise usage.UsageError(
+                f"--root {root!r} is not a directory: create it or pass the "
+                "directory to serve with --root DIR"
+            )
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise usage.UsageError(
+                f"--root {root!r} cannot be read by this user: fix its "
+                "permissions or run as a user who can read it"
+            )
+        interface = self["interface"]
+        if interface:
+            from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+            if not (isIPAddress(interface) or isIPv6Address(interface)):
+                raise usage.UsageError(
+                    f"--interface {interface!r} is not an IP address: give an "
+                    "IPv4 or IPv6 address, or leave it out to listen on every address"
+                )
+
+
+def makeService(options: Options) -> MultiService:
+    """
+    The TFTP listener, in a L{MultiService} that later services (manhole,
+    metrics) join.
+    """
+    settings = Settings(
+        limits=Limits(
+            max_blksize=options["max-blksize"],
+            max_windowsize=options["max-windowsize"],
+            max_window_bytes=options["max-window-bytes"],
+        ),
+        timeout=options["timeout"],
+        retries=options["retries"],
+        rollover=options["rollover"],
+    )
+    top = MultiService()
+    TFTPService(
+        FilesystemHandler(options["root"]),
+        port=options["port"],
+        interface=options["interface"],
+        settings=settings,
+    ).setServiceParent(top)
+    return top
