@@ -1,0 +1,509 @@
+"""
+The transfer state machine, driven by a fake clock and fake UDP ports.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from tftpd_tx import wire
+from tftpd_tx.content import BytesResponseData, FileNotFound
+from tftpd_tx.options import Negotiated
+from tftpd_tx.session import ReadSession, backoff_schedule
+from tftpd_tx.stats import Outcome, SessionStats
+from tftpd_tx.testing import FakeUDPReactor
+
+PEER = ("192.0.2.7", 2000)
+SCHEDULE = (1.0, 2.0, 4.0)
+
+
+def data(block: int, payload: bytes) -> bytes:
+    return struct.pack("!HH", 3, block) + payload
+
+
+def ack(block: int) -> bytes:
+    return struct.pack("!HH", 4, block)
+
+
+def error(code: int, message: str = "") -> bytes:
+    return wire.Error(code, message).encode()
+
+
+class RecordingResponse(BytesResponseData):
+    """
+    Bytes that remember whether they were closed.
+    """
+
+    closed = False
+
+    def close(self):
+        self.closed = True
+        super().close()
+
+
+class DeferredResponse:
+    """
+    A response whose every read returns a Deferred the test fires.
+    """
+
+    def __init__(self):
+        self.reads: list[Deferred] = []
+        self.cancelled = 0
+        self.closed = False
+
+    def read(self, n):
+        d = Deferred(self._cancel)
+        self.reads.append(d)
+        return d
+
+    def _cancel(self, d):
+        self.cancelled += 1
+
+    def size(self):
+        return None
+
+    def close(self):
+        self.closed = True
+
+
+class SessionMixin:
+    def start(
+        self,
+        content=b"",
+        negotiated=Negotiated(),
+        schedule=SCHEDULE,
+        rollover=0,
+        response=None,
+    ):
+        """
+        Start a session on a fake port and return that port.
+        """
+        self.reactor = FakeUDPReactor()
+        self.response = response if response is not None else RecordingResponse(content)
+        self.ended = []
+        self.session = ReadSession(
+            clock=self.reactor,
+            peer=PEER,
+            response=self.response,
+            negotiated=negotiated,
+            schedule=schedule,
+            rollover=rollover,
+            stats=SessionStats(peer=PEER, server_addr=("192.0.2.1", 69), file_path="f"),
+            on_end=self.ended.append,
+        )
+        return self.reactor.listenUDP(0, self.session, interface="192.0.2.1")
+
+    def assertFinished(self, port, outcome):
+        """
+        The session ended with C{outcome} and left nothing behind.
+        """
+        self.assertEqual(self.session.stats.outcome, outcome)
+        self.assertEqual(self.ended, [self.session])
+        self.assertFalse(port.listening)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertTrue(self.response.closed)
+
+
+class LockStepTests(SessionMixin, SynchronousTestCase):
+    """
+    RFC 1350 transfers: one block, one ACK.
+    """
+
+    def test_blocks_follow_acks(self):
+        """
+        DATA 1 is sent at once; each ACK brings the next block; the last
+        block is shorter than the block size and its ACK ends the session.
+        """
+        port = self.start(b"a" * 512 + b"b" * 100)
+        self.assertEqual(port.take(), [data(1, b"a" * 512)])
+        port.deliver(ack(1), PEER)
+        self.assertEqual(port.take(), [data(2, b"b" * 100)])
+        port.deliver(ack(2), PEER)
+        self.assertEqual(port.take(), [])
+        self.assertFinished(port, Outcome.COMPLETED)
+        self.assertEqual(self.session.stats.bytes_sent, 612)
+
+    def test_exact_multiple_ends_with_empty_block(self):
+        """
+        A file whose size is a multiple of the block size ends with a
+        zero-length DATA, so the client knows it is over.
+        """
+        port = self.start(b"x" * 1024)
+        port.deliver(ack(1), PEER)
+        port.deliver(ack(2), PEER)
+        self.assertEqual(
+            port.take(), [data(1, b"x" * 512), data(2, b"x" * 512), data(3, b"")]
+        )
+        port.deliver(ack(3), PEER)
+        self.assertFinished(port, Outcome.COMPLETED)
+
+    def test_empty_file(self):
+        """
+        An empty file is one empty DATA block.
+        """
+        port = self.start(b"")
+        self.assertEqual(port.take(), [data(1, b"")])
+        port.deliver(ack(1), PEER)
+        self.assertFinished(port, Outcome.COMPLETED)
+
+    def test_duplicate_ack_sends_nothing(self):
+        """
+        A repeated ACK is never answered with DATA (the Sorcerer's Apprentice
+        bug, RFC 1123 4.2.3.1): only the timer retransmits.
+        """
+        port = self.start(b"x" * 2000)
+        port.deliver(ack(1), PEER)
+        port.take()
+        port.deliver(ack(1), PEER)
+        port.deliver(ack(1), PEER)
+        self.assertEqual(port.take(), [])
+        port.deliver(ack(2), PEER)
+        self.assertEqual(port.take(), [data(3, b"x" * 512)])
+
+    def test_ack_for_unsent_block_ignored(self):
+        """
+        An ACK for a block not yet sent changes nothing.
+        """
+        port = self.start(b"x" * 2000)
+        port.take()
+        port.deliver(ack(5), PEER)
+        self.assertEqual(port.take(), [])
+        port.deliver(ack(1), PEER)
+        self.assertEqual(port.take(), [data(2, b"x" * 512)])
+
+
+class RetransmitTests(SessionMixin, SynchronousTestCase):
+    """
+    The timer: retransmission with backoff, and giving up.
+    """
+
+    def test_retransmit_after_timeout(self):
+        """
+        Without an ACK, the same DATA goes again after the first wait.
+        """
+        port = self.start(b"x" * 100)
+        port.take()
+        self.reactor.advance(0.999)
+        self.assertEqual(port.take(), [])
+        self.reactor.advance(0.001)
+        self.assertEqual(port.take(), [data(1, b"x" * 100)])
+        self.assertEqual(self.session.stats.retransmits, 1)
+
+    def test_backoff_then_give_up(self):
+        """
+        The waits follow the schedule; after the last one the session ends
+        without sending anything more.
+        """
+        port = self.start(b"x" * 100)
+        port.take()
+        sent_at = []
+        for _ in range(20):
+            self.reactor.advance(0.5)
+            if port.take():
+                sent_at.append(self.reactor.seconds())
+        # Sent at 0, then after waits of 1 and 2; given up 4 s after that.
+        self.assertEqual(sent_at, [1.0, 3.0])
+        self.assertFinished(port, Outcome.TIMEOUT)
+        self.assertEqual(self.session.stats.end_time, 7.0)
+
+    def test_progress_resets_backoff(self):
+        """
+        After an ACK brings progress, the next wait is the first one again.
+        """
+        port = self.start(b"x" * 2000)
+        self.reactor.advance(1)
+        self.reactor.advance(2)
+        self.assertEqual(len(port.take()), 3)
+        port.deliver(ack(1), PEER)
+        port.take()
+        self.reactor.advance(1)
+        self.assertEqual(port.take(), [data(2, b"x" * 512)])
+
+    def test_backoff_schedule(self):
+        """
+        The schedule doubles up to eight times the first wait.
+        """
+        self.assertEqual(backoff_schedule(1, 5), (1, 2, 4, 8, 8, 8))
+        self.assertEqual(backoff_schedule(0.5, 2), (0.5, 1, 2))
+        self.assertEqual(backoff_schedule(3, 0), (3,))
+
+    def test_no_retries(self):
+        """
+        With no retries, the session gives up after the first wait.
+        """
+        port = self.start(b"x", schedule=(2.0,))
+        port.take()
+        self.reactor.advance(2)
+        self.assertEqual(port.take(), [])
+        self.assertFinished(port, Outcome.TIMEOUT)
+
+
+class WindowTests(SessionMixin, SynchronousTestCase):
+    """
+    RFC 7440 windows.
+    """
+
+    def test_window_sent_at_once(self):
+        """
+        A window of W blocks goes out at once; the ACK of its last block
+        brings the next window.
+        """
+        port = self.start(bytes(range(8)) * 100, Negotiated(blksize=100, windowsize=4))
+        self.assertEqual([p[:4] for p in port.take()], [data(n, b"") for n in (1, 2, 3, 4)])
+        port.deliver(ack(4), PEER)
+        self.assertEqual([p[:4] for p in port.take()], [data(n, b"") for n in (5, 6, 7, 8)])
+        port.deliver(ack(8), PEER)
+        self.assertEqual(port.take(), [data(9, b"")])
+        port.deliver(ack(9), PEER)
+        self.assertFinished(port, Outcome.COMPLETED)
+
+    def test_ack_inside_window_resumes_after_it(self):
+        """
+        An ACK for an earlier block of the window means the rest was lost:
+        the next window starts right after the acknowledged block.
+        """
+        content = b"".join(bytes([n]) * 10 for n in range(1, 20))
+        port = self.start(content, Negotiated(blksize=10, windowsize=4))
+        port.take()
+        port.deliver(ack(2), PEER)
+        self.assertEqual(
+            port.take(), [data(n, bytes([n]) * 10) for n in (3, 4, 5, 6)]
+        )
+
+    def test_timeout_resends_whole_window(self):
+        """
+        On timeout the unacknowledged window goes again, once.
+        """
+        port = self.start(b"z" * 95, Negotiated(blksize=10, windowsize=3))
+        first = port.take()
+        self.reactor.advance(1)
+        self.assertEqual(port.take(), first)
+        self.assertEqual(self.session.stats.retransmits, 3)
+
+    def test_stale_ack_ignored(self):
+        """
+        An ACK older than the last one acknowledged does nothing.
+        """
+        port = self.start(b"z" * 95, Negotiated(blksize=10, windowsize=3))
+        port.deliver(ack(3), PEER)
+        port.take()
+        port.deliver(ack(2), PEER)
+        port.deliver(ack(3), PEER)
+        self.assertEqual(port.take(), [])
+
+
+class RolloverTests(SessionMixin, SynchronousTestCase):
+    """
+    Block numbers after 65535.
+    """
+
+    def run_through(self, rollover):
+        blocks = 65540
+        port = self.start(b"r" * (8 * blocks), Negotiated(blksize=8), rollover=rollover)
+        numbers = []
+        for _ in range(blocks + 1):
+            (packet,) = port.take()
+            number = struct.unpack("!H", packet[2:4])[0]
+            numbers.append(number)
+            port.deliver(ack(number), PEER)
+        self.assertFinished(port, Outcome.COMPLETED)
+        return numbers
+
+    def test_wraps_to_zero(self):
+        """
+        By default block 65535 is followed by 0, and the transfer completes.
+        """
+        numbers = self.run_through(0)
+        self.assertEqual(numbers[65533:65538], [65534, 65535, 0, 1, 2])
+        self.assertEqual(len(numbers), 65541)
+
+    def test_wraps_to_one(self):
+        """
+        With rollover 1, block 65535 is followed by 1.
+        """
+        numbers = self.run_through(1)
+        self.assertEqual(numbers[65533:65538], [65534, 65535, 1, 2, 3])
+
+
+class OptionAckTests(SessionMixin, SynchronousTestCase):
+    """
+    Sessions that start with an OACK (RFC 2347).
+    """
+
+    NEGOTIATED = Negotiated(blksize=1000, oack={"blksize": "1000", "tsize": "1500"})
+
+    def test_oack_then_data_after_ack_zero(self):
+        """
+        The OACK goes first; DATA 1 follows only the client's ACK 0.
+        """
+        port = self.start(b"o" * 1500, self.NEGOTIATED)
+        self.assertEqual(port.take(), [b"\0\6blksize\0" b"1000\0tsize\0" b"1500\0"])
+        port.deliver(ack(1), PEER)
+        self.assertEqual(port.take(), [])
+        port.deliver(ack(0), PEER)
+        self.assertEqual(port.take(), [data(1, b"o" * 1000)])
+
+    def test_oack_retransmitted(self):
+        """
+        An unanswered OACK is sent again by the timer.
+        """
+        port = self.start(b"o", self.NEGOTIATED)
+        oack = port.take()
+        self.reactor.advance(1)
+        self.assertEqual(port.take(), oack)
+
+    def test_error_after_oack_is_a_probe(self):
+        """
+        A client that answers the OACK with ERROR 8 (a PXE ROM asking only
+        for the size) ends the session quietly, as a probe, not a failure.
+        """
+        port = self.start(b"o", self.NEGOTIATED)
+        port.take()
+        port.deliver(error(8, "tsize only"), PEER)
+        self.assertEqual(port.take(), [])
+        self.assertFinished(port, Outcome.PROBE)
+        self.assertEqual(self.session.stats.error_code, 8)
+
+
+class PeerTests(SessionMixin, SynchronousTestCase):
+    """
+    Datagrams that are not the expected ACK.
+    """
+
+    def test_stray_gets_unknown_tid(self):
+        """
+        A datagram from another port gets ERROR 5, and the transfer goes on.
+        """
+        port = self.start(b"s" * 600)
+        port.take()
+        stranger = (PEER[0], PEER[1] + 1)
+        port.deliver(ack(1), stranger)
+        (reply,) = port.sent
+        self.assertEqual(reply[1], stranger)
+        self.assertEqual(wire.decode(reply[0]).code, wire.ErrorCode.UNKNOWN_TID)
+        port.take()
+        port.deliver(ack(1), PEER)
+        self.assertEqual(port.take(), [data(2, b"s" * 88)])
+
+    def test_stray_error_not_answered(self):
+        """
+        An ERROR from a stranger is not answered (no error ping-pong) and
+        does not end the transfer.
+        """
+        port = self.start(b"s" * 600)
+        port.take()
+        port.deliver(error(0, "x"), ("198.51.100.1", 69))
+        self.assertEqual(port.take(), [])
+        self.assertFalse(self.session.ended)
+
+    def test_peer_error_ends_transfer(self):
+        """
+        An ERROR from the client during the transfer ends it.
+        """
+        port = self.start(b"e" * 600)
+        port.deliver(ack(1), PEER)
+        port.take()
+        port.deliver(error(0, "disk full"), PEER)
+        self.assertFinished(port, Outcome.PEER_ERROR)
+        self.assertEqual(self.session.stats.error_message, "disk full")
+
+    def test_noise_from_peer_ignored(self):
+        """
+        Garbage and repeated requests from the client change nothing.
+        """
+        port = self.start(b"n" * 600)
+        port.take()
+        for noise in (b"", b"\0", b"\0\4\0", wire.ReadRequest("f", "octet").encode()):
+            port.deliver(noise, PEER)
+        self.assertEqual(port.take(), [])
+        port.deliver(ack(1), PEER)
+        self.assertEqual(len(port.take()), 1)
+
+    def test_abort(self):
+        """
+        Aborting tells the client with ERROR 0 and ends the session.
+        """
+        port = self.start(b"k" * 600)
+        port.take()
+        self.session.abort("terminated by operator")
+        self.assertEqual(port.take(), [error(0, "terminated by operator")])
+        self.assertFinished(port, Outcome.ABORTED)
+
+
+class SlowContentTests(SessionMixin, SynchronousTestCase):
+    """
+    Content whose reads return Deferreds.
+    """
+
+    def test_data_waits_for_read(self):
+        """
+        Nothing is sent until the read fires, and the timer sends no DATA
+        that is not there yet.
+        """
+        response = DeferredResponse()
+        port = self.start(response=response)
+        self.assertEqual(port.take(), [])
+        self.reactor.advance(1)
+        self.assertEqual(port.take(), [])
+        response.reads[0].callback(b"d" * 512)
+        self.assertEqual(port.take(), [data(1, b"d" * 512)])
+        port.deliver(ack(1), PEER)
+        response.reads[1].callback(b"end")
+        self.assertEqual(port.take(), [data(2, b"end")])
+        port.deliver(ack(2), PEER)
+        self.assertFinished(port, Outcome.COMPLETED)
+
+    def test_read_that_never_returns_times_out(self):
+        """
+        A read that never fires ends the session after the whole schedule,
+        and the pending read is cancelled.
+        """
+        response = DeferredResponse()
+        port = self.start(response=response)
+        self.reactor.pump([1] * 10)
+        self.assertFinished(port, Outcome.TIMEOUT)
+        self.assertEqual(response.cancelled, 1)
+
+    def test_synchronous_deferreds(self):
+        """
+        Reads that return already-fired Deferreds work like plain bytes.
+        """
+
+        class Fired(RecordingResponse):
+            def read(self, n):
+                return succeed(super().read(n))
+
+        port = self.start(response=Fired(b"q" * 700))
+        port.deliver(ack(1), PEER)
+        self.assertEqual(port.take(), [data(1, b"q" * 512), data(2, b"q" * 188)])
+
+    def test_read_error_sends_error(self):
+        """
+        A read that fails with a TFTP error sends that ERROR and ends.
+        """
+
+        class Failing(RecordingResponse):
+            def read(self, n):
+                raise FileNotFound("gone")
+
+        port = self.start(response=Failing(b""))
+        self.assertEqual(port.take(), [error(1, "gone")])
+        self.assertFinished(port, Outcome.REFUSED)
+
+    def test_unexpected_read_error_is_generic(self):
+        """
+        An unexpected exception reaches the client as ERROR 0 with a generic
+        message, and the operator gets the traceback.
+        """
+
+        class Broken(RecordingResponse):
+            def read(self, n):
+                raise ZeroDivisionError("secret detail")
+
+        port = self.start(response=Broken(b""))
+        (packet,) = port.take()
+        self.assertEqual(wire.decode(packet), wire.Error(0, "Internal server error"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
