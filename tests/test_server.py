@@ -379,3 +379,29 @@ class MalformedDatagramTests(ServerMixin, SynchronousTestCase):
         self.server.handler = self.handler
         self.request(rrq("small.cfg"))
         self.assertEqual(len(self.reactor.ports), 2)
+
+
+class DrainTests(ServerMixin, SynchronousTestCase):
+    """
+    Draining: no new transfers, running ones finish.
+    """
+
+    def test_drain_and_resume(self):
+        """
+        While draining, new requests are ignored (no answer at all, so the
+        client tries another server) and a running transfer completes;
+        after resume, requests are served again.
+        """
+        self.request(rrq("boot/pxelinux.0"))
+        running = self.session_port()
+        self.server.drain()
+        self.request(rrq("small.cfg"), peer=("198.51.100.30", 1))
+        self.assertEqual(len(self.reactor.ports), 2)
+        self.assertEqual(self.listener.sent, [])
+        for block in (1, 2, 3):
+            running.deliver(ack(block), CLIENT)
+        self.assertEqual(self.finished[0].outcome, Outcome.COMPLETED)
+        self.server.resume()
+        self.request(rrq("small.cfg"), peer=("198.51.100.30", 1))
+        self.assertEqual(len(self.reactor.ports), 3)
+        self.assertEqual(self.server.stats.counters["requests.drained"], 1)

@@ -69,6 +69,8 @@ class TFTPServer(DatagramProtocol):
         transfer when it ends.
 
     @ivar sessions: the live transfers, by session id.
+    @ivar draining: while L{True}, new requests are ignored (so that clients
+        retry elsewhere) and running transfers go on; see L{drain}.
     """
 
     noisy = False
@@ -95,6 +97,7 @@ class TFTPServer(DatagramProtocol):
         # Peers with a request in progress (the handler is still working, or
         # the transfer runs): a repeated RRQ from them is a retransmission.
         self._busy_peers: set[tuple[str, int]] = set()
+        self.draining = False
 
     # -- receiving ----------------------------------------------------------
 
@@ -176,12 +179,15 @@ class TFTPServer(DatagramProtocol):
 
     def handle_read_request(self, packet: wire.ReadRequest, peer, local) -> None:
         """
-        The policy steps for an RRQ, in order: the mode, a retransmitted
-        request, L{allow_request}; then the handler.  Override the steps, not
-        this method.
+        The policy steps for an RRQ, in order: draining, the mode, a
+        retransmitted request, L{allow_request}; then the handler.  Override
+        the steps, not this method.
         """
         stats = self.stats
         stats.increment("requests.read")
+        if self.draining:
+            stats.increment("requests.drained")
+            return
         request = Request(
             peer=peer,
             local=local,
@@ -353,6 +359,26 @@ class TFTPServer(DatagramProtocol):
             ),
             session=stats,
         )
+
+    def drain(self) -> None:
+        """
+        Stop accepting new requests; transfers in flight finish.  This is
+        what to do before withdrawing an anycast route.
+        """
+        if not self.draining:
+            self.draining = True
+            self._log.info(
+                "Draining: new requests are ignored, {count} transfers in flight",
+                count=len(self.sessions),
+            )
+
+    def resume(self) -> None:
+        """
+        Accept new requests again after L{drain}.
+        """
+        if self.draining:
+            self.draining = False
+            self._log.info("Resumed: accepting new requests")
 
     def stop(self) -> None:
         """

@@ -106,6 +106,14 @@ class ReadSession(DatagramProtocol):
         self._timer = None
         self.ended = False
 
+    @property
+    def blocks_acknowledged(self) -> int:
+        """
+        How many DATA blocks the client has acknowledged so far (not wrapped
+        at 65535).
+        """
+        return self._acked
+
     # -- the protocol -------------------------------------------------------
 
     def startProtocol(self) -> None:

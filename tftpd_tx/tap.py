@@ -4,6 +4,7 @@ C{twistd tftp}: command-line options and the service they make.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from twisted.application.service import MultiService
@@ -51,6 +52,13 @@ class Options(usage.Options):
 
     optParameters = [
         ["root", "r", "/srv/tftp", "Directory to serve, read-only."],
+        [
+            "handler",
+            None,
+            None,
+            "Serve with your own handler instead: package.module:factory, "
+            "where factory() returns the handler (found on PYTHONPATH).",
+        ],
         ["port", "p", 69, "UDP port to listen on.", _bounded(int, 0, 65535, "port")],
         [
             "interface",
@@ -106,6 +114,21 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self["handler"] is not None:
+            self["handler"] = load_handler(self["handler"])
+        else:
+            self._check_root()
+        interface = self["interface"]
+        if interface:
+            from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+            if not (isIPAddress(interface) or isIPv6Address(interface)):
+                raise usage.UsageError(
+                    f"--interface {interface!r} is not an IP address: give an "
+                    "IPv4 or IPv6 address, or leave it out to listen on every address"
+                )
+
+    def _check_root(self) -> None:
         root = self["root"]
         if not os.path.isdir(root):
             raise usage.UsageError(
@@ -117,15 +140,37 @@ class Options(usage.Options):
                 f"--root {root!r} cannot be read by this user: fix its "
                 "permissions or run as a user who can read it"
             )
-        interface = self["interface"]
-        if interface:
-            from twisted.internet.abstract import isIPAddress, isIPv6Address
 
-            if not (isIPAddress(interface) or isIPv6Address(interface)):
-                raise usage.UsageError(
-                    f"--interface {interface!r} is not an IP address: give an "
-                    "IPv4 or IPv6 address, or leave it out to listen on every address"
-                )
+
+def load_handler(spec: str):
+    """
+    Import C{package.module:factory} and call the factory.
+
+    @raise usage.UsageError: naming what failed and how to fix it.
+    """
+    module_name, _, factory_name = spec.partition(":")
+    if not module_name or not factory_name:
+        raise usage.UsageError(
+            f"--handler {spec!r} must look like package.module:factory"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise usage.UsageError(
+            f"--handler {spec!r}: cannot import {module_name!r} ({error!r}); "
+            "check the name and that its directory is on PYTHONPATH"
+        ) from error
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise usage.UsageError(
+            f"--handler {spec!r}: {module_name!r} has no callable {factory_name!r}"
+        )
+    try:
+        return factory()
+    except Exception as error:
+        raise usage.UsageError(
+            f"--handler {spec!r}: {factory_name}() raised {error!r}"
+        ) from error
 
 
 def makeService(options: Options) -> MultiService:
@@ -144,8 +189,9 @@ def makeService(options: Options) -> MultiService:
         rollover=options["rollover"],
     )
     top = MultiService()
+    handler = options["handler"] or FilesystemHandler(options["root"])
     TFTPService(
-        FilesystemHandler(options["root"]),
+        handler,
         port=options["port"],
         interface=options["interface"],
         settings=settings,
