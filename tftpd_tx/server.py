@@ -26,7 +26,7 @@ from .netascii import NetasciiResponseData
 from .options import Limits, negotiate
 from .session import ReadSession, backoff_schedule
 from .stats import Outcome, ServerStats, SessionStats
-from .udp import listen_session, plain_address
+from .udp import SessionPort, listen, plain_address
 
 __all__ = ["Settings", "TFTPServer", "SESSION_MAX_PACKET"]
 
@@ -308,8 +308,13 @@ class TFTPServer(DatagramProtocol):
         self.sessions[session.session_id] = session
         self.stats.session_started()
         try:
-            listen_session(
-                self._reactor, session, request.local[0], SESSION_MAX_PACKET
+            listen(
+                self._reactor,
+                SessionPort,
+                0,
+                session,
+                request.local[0],
+                SESSION_MAX_PACKET,
             )
         except Exception:
             self._log.failure(

@@ -8,11 +8,12 @@ from __future__ import annotations
 import socket
 
 from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .server import SESSION_MAX_PACKET, Settings, TFTPServer
 from .stats import ServerStats
-from .udp import PacketInfoPort
+from .udp import PacketInfoPort, listen
 
 __all__ = ["TFTPService", "ipv6_available"]
 
@@ -46,6 +47,11 @@ class TFTPService(Service):
     @param settings: the server's L{Settings}.
     @param reactor: the reactor; the global one when omitted.
     @param session_callback: see L{TFTPServer}.
+    @param stats_callback: called with the L{ServerStats} every
+        C{stats_interval} seconds while the service runs (it may call
+        C{get_and_reset_all_counters} to report per interval, as fbtftp's
+        C{server_stats_callback} does).
+    @param stats_interval: seconds between calls of C{stats_callback}.
 
     @ivar server: the L{TFTPServer} protocol.
     @ivar port: the listening port once started, else L{None}.
@@ -63,10 +69,15 @@ class TFTPService(Service):
         reactor=None,
         stats: ServerStats | None = None,
         session_callback=None,
+        stats_callback=None,
+        stats_interval: float = 60.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._stats_callback = stats_callback
+        self._stats_interval = stats_interval
+        self._stats_loop = None
         self._port_number = port
         self._interface = interface or ("::" if ipv6_available() else "0.0.0.0")
         self.server = TFTPServer(
@@ -79,22 +90,38 @@ class TFTPService(Service):
         self.port = None
 
     def privilegedStartService(self) -> None:
-        self.port = PacketInfoPort(
+        self.port = listen(
+            self._reactor,
+            PacketInfoPort,
             self._port_number,
             self.server,
             self._interface,
             SESSION_MAX_PACKET,
-            self._reactor,
         )
-        self.port.startListening()
         host = self.port.getHost()
         self._log.info(
             "TFTP server listening on [{host}]:{port}", host=host.host, port=host.port
         )
         super().privilegedStartService()
 
+    def startService(self) -> None:
+        super().startService()
+        if self._stats_callback is not None:
+            self._stats_loop = LoopingCall(self._report_stats)
+            self._stats_loop.clock = self._reactor
+            self._stats_loop.start(self._stats_interval, now=False)
+
+    def _report_stats(self) -> None:
+        try:
+            self._stats_callback(self.server.stats)
+        except Exception:
+            self._log.failure("Server stats callback failed")
+
     def stopService(self):
         super().stopService()
+        if self._stats_loop is not None and self._stats_loop.running:
+            self._stats_loop.stop()
+        self._stats_loop = None
         self.server.stop()
         if self.port is not None:
             port, self.port = self.port, None

@@ -117,6 +117,8 @@ class ReadSession(DatagramProtocol):
     # -- the protocol -------------------------------------------------------
 
     def startProtocol(self) -> None:
+        host = self.transport.getHost()
+        self.stats.local_addr = (host.host, host.port)
         self.stats.start_time = self.stats.start_time or self._clock.seconds()
         if self._oack is not None:
             self.stats.first_data_time = self._clock.seconds()

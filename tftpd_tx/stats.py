@@ -42,12 +42,14 @@ class SessionStats:
 
     Times come from the session's clock (seconds, as C{IReactorTime.seconds}
     returns them).  The field names follow fbtftp's C{SessionStats} where it
-    has one.
+    has one.  C{server_addr} is the address the request was sent to;
+    C{local_addr} is the transfer's own port (its TID).
     """
 
     peer: tuple[str, int]
     server_addr: tuple[str, int]
     file_path: str
+    local_addr: tuple[str, int] | None = None
     mode: str = "octet"
     options_in: dict[str, str] = field(default_factory=dict)
     options_acked: dict[str, str] = field(default_factory=dict)

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 __all__ = [
     "PacketInfoPort",
     "SessionPort",
-    "listen_session",
+    "listen",
     "plain_address",
     "plain_host",
     "packet_info_supported",
@@ -187,16 +187,16 @@ class SessionPort(udp.Port):
             del self.d
 
 
-def listen_session(reactor, protocol, interface: str, max_packet_size: int):
+def listen(reactor, port_class, number: int, protocol, interface: str, max_packet_size: int):
     """
-    Open a transfer port on an ephemeral port of C{interface}: a
-    L{SessionPort} on the reactors that support it, C{listenUDP} on any other
-    (such as the fakes of L{tftpd_tx.testing}).
+    Open a UDP port of C{port_class} (L{PacketInfoPort} or L{SessionPort})
+    on the reactors that can run it, or C{listenUDP} on any other (such as
+    the fakes of L{tftpd_tx.testing}).
     """
     if isinstance(reactor, PosixReactorBase):
-        port = SessionPort(0, protocol, interface, max_packet_size, reactor)
+        port = port_class(number, protocol, interface, max_packet_size, reactor)
         port.startListening()
         return port
     return reactor.listenUDP(
-        0, protocol, interface=interface, maxPacketSize=max_packet_size
+        number, protocol, interface=interface, maxPacketSize=max_packet_size
     )
