@@ -129,7 +129,9 @@ class IllegalOperation(TFTPError):
     default_message = "Illegal TFTP operation"
 
 
-_NOT_FOUND_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG})
+_NOT_FOUND_ERRNOS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+)
 
 
 def error_for(exception: BaseException) -> tuple[int, str, bool]:
@@ -143,7 +145,11 @@ def error_for(exception: BaseException) -> tuple[int, str, bool]:
     """
     if isinstance(exception, TFTPError):
         return int(exception.code), exception.message, True
-    if isinstance(exception, OSError) and exception.errno in _NOT_FOUND_ERRNOS:
+    if isinstance(exception, (FileNotFoundError, NotADirectoryError)) or (
+        isinstance(exception, OSError) and exception.errno in _NOT_FOUND_ERRNOS
+    ):
+        # The class test catches FileNotFoundError("...") raised by handler
+        # code without an errno; the errno test catches ENAMETOOLONG.
         return ErrorCode.FILE_NOT_FOUND, "File not found", True
     if isinstance(exception, (PermissionError, IsADirectoryError)):
         return ErrorCode.ACCESS_VIOLATION, "Access violation", True
@@ -187,6 +193,7 @@ class BytesResponseData:
         if isinstance(content, str):
             content = content.encode("utf-8")
         self._content = memoryview(content)
+        self._size = len(self._content)
         self._offset = 0
 
     def read(self, n: int) -> bytes:
@@ -195,7 +202,9 @@ class BytesResponseData:
         return bytes(chunk)
 
     def size(self) -> int:
-        return len(self._content)
+        # Remembered, not measured: a released memoryview has no length, and
+        # statistics may ask after close().
+        return self._size
 
     def close(self) -> None:
         self._content.release()

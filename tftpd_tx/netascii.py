@@ -42,7 +42,9 @@ class NetasciiResponseData:
         Return exactly C{n} converted bytes, fewer only at the end.
 
         Reads from the wrapped response as often as it takes; when that
-        response answers with a L{Deferred}, so does this.
+        response answers with a L{Deferred}, so does this.  A block that is
+        already converted (or the empty block after the end) is returned
+        directly, without reading the wrapped response again.
         """
         while len(self._pending) < n and not self._exhausted:
             chunk = self._inner.read(n)

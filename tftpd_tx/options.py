@@ -52,6 +52,25 @@ class Limits:
     max_windowsize: int = 64
     max_window_bytes: int = 256 * 1024
 
+    def __post_init__(self) -> None:
+        # A limit outside the RFC ranges would let negotiate() grant what no
+        # RFC allows (a 0-byte block divides by zero below): refuse it here,
+        # when the server is configured, not on some client's request.
+        if not MIN_BLKSIZE <= self.max_blksize <= MAX_BLKSIZE:
+            raise ValueError(
+                f"max_blksize must be between {MIN_BLKSIZE} and {MAX_BLKSIZE}, "
+                f"not {self.max_blksize!r}"
+            )
+        if not 1 <= self.max_windowsize <= MAX_WINDOWSIZE:
+            raise ValueError(
+                f"max_windowsize must be between 1 and {MAX_WINDOWSIZE}, "
+                f"not {self.max_windowsize!r}"
+            )
+        if self.max_window_bytes < 1:
+            raise ValueError(
+                f"max_window_bytes must be positive, not {self.max_window_bytes!r}"
+            )
+
 
 @dataclass(frozen=True)
 class Negotiated:
@@ -75,9 +94,13 @@ class Negotiated:
 def _integer(value: str, low: int, high: int) -> int | None:
     """
     Parse a decimal option value within C{[low, high]}, or L{None}.
+
+    Only ASCII digits count: C{str.isdigit} alone also accepts other
+    scripts' digits (which C{int} reads) and superscripts (which it rejects
+    with an exception).
     """
     value = value.strip()
-    if not value.isdigit() or len(value) > 10:
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:
         return None
     number = int(value)
     if low <= number <= high:
