@@ -154,15 +154,17 @@ class ReadSession(DatagramProtocol):
             self._oack = None
             progress = 0
         else:
-            progress = (number - self._wire_block(self._acked)) % self._modulus
+            # A wire number is congruent to its block count modulo the wrap.
+            progress = (number - self._acked) % self._modulus
             if not 0 < progress <= self._sent:
                 return
         stats = self.stats
         stats.packets_acked += 1
         stats.last_ack_time = self._clock.seconds()
         self._acked += progress
-        del self._packets[:progress]
-        if self._eof and not self._packets:
+        packets = self._packets
+        del packets[:progress]
+        if self._eof and not packets:
             self._end(Outcome.COMPLETED)
             return
         # RFC 7440: after an ACK for any block, the next window starts right
@@ -178,9 +180,10 @@ class ReadSession(DatagramProtocol):
         pending), send what has not been sent, and wait for an ACK.
         """
         packets = self._packets
-        while len(packets) < self._window and not self._eof and self._reading is None:
+        window, blksize, read = self._window, self._blksize, self._response.read
+        while len(packets) < window and not self._eof and self._reading is None:
             try:
-                chunk = self._response.read(self._blksize)
+                chunk = read(blksize)
             except Exception as exc:
                 self._content_failed(exc)
                 return
@@ -204,10 +207,20 @@ class ReadSession(DatagramProtocol):
         stats = self.stats
         if stats.first_data_time is None:
             stats.first_data_time = self._clock.seconds()
+        write, peer = self.transport.write, self.peer
+        written = payload = 0
         for packet in packets[self._sent :]:
-            self._write(packet)
-            stats.blocks_sent += 1
-            stats.bytes_sent += len(packet) - 4
+            try:
+                write(packet, peer)
+            except OSError:
+                # A full socket buffer: the packet counts as lost, and the
+                # timer recovers it as it recovers any loss.
+                continue
+            written += 1
+            payload += len(packet) - 4
+        stats.packets_sent += written
+        stats.blocks_sent += written
+        stats.bytes_sent += payload
         self._sent = len(packets)
 
     def _read_done(self, chunk: bytes) -> None:

@@ -48,6 +48,9 @@ packet_info_supported = sys.platform.startswith("linux")
 
 _MAPPED_PREFIX = "::ffff:"
 
+#: Datagrams a session port reads before letting other ports have a turn.
+_READS_PER_WAKEUP = 64
+
 
 def plain_host(host: str) -> str:
     """
@@ -150,6 +153,8 @@ class PacketInfoPort(udp.Port):
 
 
 class SessionPort(udp.Port):
+    _log = Logger()
+
     """
     The port of one transfer: a L{udp.Port} that is quiet and quick.
 
@@ -173,6 +178,30 @@ class SessionPort(udp.Port):
 
     def write(self, datagram: bytes, addr=None):
         return self.socket.sendto(datagram, addr)
+
+    def doRead(self):
+        """
+        Read the datagrams waiting, as L{udp.Port.doRead} does, with the
+        per-datagram work cut to the call of the protocol.
+        """
+        recvfrom, size = self.socket.recvfrom, self.maxPacketSize
+        received = self.protocol.datagramReceived
+        trim = self.addressFamily == socket.AF_INET6
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data, addr = recvfrom(size)
+            except OSError as error:
+                if error.args[0] in udp._sockErrReadIgnore:
+                    return
+                if error.args[0] in udp._sockErrReadRefuse:
+                    continue
+                raise
+            try:
+                received(data, addr[:2] if trim else addr)
+            except BaseException:
+                self._log.failure("Unhandled error in {protocol}", protocol=self.protocol)
+            if self.socket is None:
+                return
 
     def connectionLost(self, reason=None):
         self._realPortNumber = None
