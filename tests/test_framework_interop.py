@@ -166,35 +166,35 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-class DynamicTacTests(TestCase):
+class TwistdMixin:
     """
-    C{twistd -ny tac/dynamic.tac}, fetched with curl.
+    Run C{twistd -n} with given arguments in a subprocess on a free port,
+    and wait until it serves C{ready_path}.
     """
 
     timeout = 60
 
     @defer.inlineCallbacks
-    def setUp(self):
+    def start_twistd(self, arguments, ready_path, env=None):
         require("curl")
-        self.port = free_udp_port()
         self.workdir = self.mktemp()
         os.makedirs(self.workdir)
-        env = dict(os.environ, TFTP_PORT=str(self.port), PYTHONPATH=TOP)
+        environment = dict(os.environ, TFTP_PORT=str(self.port), PYTHONPATH=TOP)
+        environment.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "-y",
-             os.path.join(TOP, "tac", "dynamic.tac")],
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *arguments],
             cwd=self.workdir,
-            env=env,
+            env=environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         self.addCleanup(self.stop)
         for _ in range(100):
-            code, _ = yield curl(self.url("hello.txt"), self.out("ready"), max_time=1)
+            code, _ = yield curl(self.url(ready_path), self.out("ready"), max_time=1)
             if code == 0:
                 return
             yield deferLater(reactor, 0.1, lambda: None)
-        self.fail("tac/dynamic.tac did not start serving")
+        self.fail(f"twistd {' '.join(arguments)} did not start serving")
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
@@ -209,6 +209,100 @@ class DynamicTacTests(TestCase):
     def read(self, name):
         with open(self.out(name), "rb") as f:
             return f.read()
+
+
+class StaticTacTests(TwistdMixin, TestCase):
+    """
+    C{twistd -ny tac/static.tac} serves the bundled root, or C{TFTP_ROOT}.
+    """
+
+    def setUp(self):
+        self.port = free_udp_port()
+
+    @defer.inlineCallbacks
+    def test_bundled_root(self):
+        """
+        With nothing configured, the bundled example root is served.
+        """
+        yield self.start_twistd(["-y", os.path.join(TOP, "tac", "static.tac")], "hello.txt")
+        with open(os.path.join(TOP, "tac", "root", "hello.txt"), "rb") as f:
+            self.assertEqual(self.read("ready"), f.read())
+
+    @defer.inlineCallbacks
+    def test_root_from_environment(self):
+        """
+        TFTP_ROOT chooses another root.
+        """
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        with open(os.path.join(root, "mine.txt"), "wb") as f:
+            f.write(b"my own root\n")
+        yield self.start_twistd(
+            ["-y", os.path.join(TOP, "tac", "static.tac")], "mine.txt", {"TFTP_ROOT": root}
+        )
+        self.assertEqual(self.read("ready"), b"my own root\n")
+
+
+class HandlerOptionTests(TwistdMixin, TestCase):
+    """
+    C{twistd tftp --handler module:factory} serves with a user's handler.
+    """
+
+    def setUp(self):
+        self.port = free_udp_port()
+
+    @defer.inlineCallbacks
+    def test_user_handler(self):
+        """
+        The factory, found on PYTHONPATH, is called once and its handler
+        answers every request.
+        """
+        modules = os.path.abspath(self.mktemp())
+        os.makedirs(modules)
+        with open(os.path.join(modules, "my_boot_handler.py"), "w") as f:
+            f.write(
+                "from tftpd_tx import BytesResponseData\n"
+                "class Echo:\n"
+                "    def get_response_data(self, request):\n"
+                "        return BytesResponseData('you asked for ' + request.normalized_path)\n"
+                "def factory():\n"
+                "    return Echo()\n"
+            )
+        yield self.start_twistd(
+            ["tftp", "--port", str(self.port), "--interface", "127.0.0.1",
+             "--handler", "my_boot_handler:factory"],
+            "any/thing",
+            {"PYTHONPATH": os.pathsep.join([modules, TOP])},
+        )
+        self.assertEqual(self.read("ready"), b"you asked for any/thing")
+
+    def test_bad_handler_fails_at_start(self):
+        """
+        A handler that cannot be imported stops twistd at start with a
+        message naming --handler.
+        """
+        result = subprocess.run(
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "tftp",
+             "--port", str(self.port), "--handler", "no_such_module_x:factory"],
+            env=dict(os.environ, PYTHONPATH=TOP),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--handler", result.stdout + result.stderr)
+        self.assertIn("no_such_module_x", result.stdout + result.stderr)
+
+
+class DynamicTacTests(TwistdMixin, TestCase):
+    """
+    C{twistd -ny tac/dynamic.tac}, fetched with curl.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.port = free_udp_port()
+        yield self.start_twistd(["-y", os.path.join(TOP, "tac", "dynamic.tac")], "hello.txt")
 
     @defer.inlineCallbacks
     def test_pxelinux_config_per_mac(self):
