@@ -200,8 +200,6 @@ class SessionPort(udp.Port):
                 received(data, addr[:2] if trim else addr)
             except BaseException:
                 self._log.failure("Unhandled error in {protocol}", protocol=self.protocol)
-            if self.socket is None:
-                return
 
     def connectionLost(self, reason=None):
         self._realPortNumber = None
