@@ -166,6 +166,26 @@ class ReadRequestTests(ServerMixin, SynchronousTestCase):
         self.assertEqual(port.take(), [wire.Error(0, "Server shutting down").encode()])
         self.assertFalse(port.listening)
 
+    def test_handler_answering_after_stop(self):
+        """
+        A handler whose Deferred fires after the server stopped opens no
+        port: the response is closed and the client told.
+        """
+        pending = Deferred()
+
+        class Slow:
+            def get_response_data(self, request):
+                return pending
+
+        self.server.handler = Slow()
+        self.request(rrq("x"))
+        self.server.stop()
+        response = BytesResponseData(b"late")
+        pending.callback(response)
+        self.assertEqual(len(self.reactor.ports), 1)
+        self.assertEqual(self.errors_sent(), [wire.Error(0, "Server shutting down")])
+        self.assertRaises(ValueError, response.read, 1)
+
 
 class DuplicateRequestTests(ServerMixin, SynchronousTestCase):
     """

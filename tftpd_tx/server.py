@@ -98,6 +98,7 @@ class TFTPServer(DatagramProtocol):
         # the transfer runs): a repeated RRQ from them is a retransmission.
         self._busy_peers: set[tuple[str, int]] = set()
         self.draining = False
+        self._stopped = False
 
     # -- receiving ----------------------------------------------------------
 
@@ -271,6 +272,12 @@ class TFTPServer(DatagramProtocol):
     # -- sessions -----------------------------------------------------------
 
     def _start_session(self, response, request: Request, started: float) -> None:
+        if self._stopped:
+            # A handler answered after the server stopped: no new port.
+            self._close_quietly(response)
+            self._busy_peers.discard(request.peer)
+            self.reply_error(request.peer, request.local[0], 0, "Server shutting down")
+            return
         settings = self.settings
         try:
             if request.mode == "netascii":
@@ -387,7 +394,9 @@ class TFTPServer(DatagramProtocol):
 
     def stop(self) -> None:
         """
-        Abort every live transfer (the server is going away).
+        Abort every live transfer (the server is going away); handlers that
+        answer later get their client an error instead of a transfer.
         """
+        self._stopped = True
         for session in list(self.sessions.values()):
             session.abort("Server shutting down")

@@ -103,7 +103,11 @@ class ReadSession(DatagramProtocol):
         self._eof = False
         self._reading: Deferred | None = None
         self._attempt = 0
+        # One DelayedCall, moved as rarely as possible: progress only moves
+        # _deadline, and the timer, when it fires early, sleeps the rest.
         self._timer = None
+        self._timer_at = 0.0
+        self._deadline = 0.0
         self.ended = False
 
     @property
@@ -118,14 +122,15 @@ class ReadSession(DatagramProtocol):
 
     def startProtocol(self) -> None:
         host = self.transport.getHost()
+        now = self._clock.seconds()
         self.stats.local_addr = (host.host, host.port)
-        self.stats.start_time = self.stats.start_time or self._clock.seconds()
+        self.stats.start_time = self.stats.start_time or now
         if self._oack is not None:
-            self.stats.first_data_time = self._clock.seconds()
+            self.stats.first_data_time = now
             self._write(self._oack)
         else:
             self._advance()
-        self._arm(0)
+        self._arm(0, now)
 
     def datagramReceived(self, datagram: bytes, addr) -> None:
         if addr != self.peer:
@@ -160,7 +165,7 @@ class ReadSession(DatagramProtocol):
                 return
         stats = self.stats
         stats.packets_acked += 1
-        stats.last_ack_time = self._clock.seconds()
+        stats.last_ack_time = now = self._clock.seconds()
         self._acked += progress
         packets = self._packets
         del packets[:progress]
@@ -172,7 +177,7 @@ class ReadSession(DatagramProtocol):
         self._sent = 0
         self._attempt = 0
         self._advance()
-        self._arm(0)
+        self._arm(0, now)
 
     def _advance(self) -> None:
         """
@@ -187,7 +192,7 @@ class ReadSession(DatagramProtocol):
             except Exception as exc:
                 self._content_failed(exc)
                 return
-            if isinstance(chunk, Deferred):
+            if type(chunk) is not bytes and isinstance(chunk, Deferred):
                 self._reading = chunk
                 chunk.addCallbacks(self._read_done, self._read_failed)
                 break
@@ -229,7 +234,7 @@ class ReadSession(DatagramProtocol):
             return
         self._append(chunk)
         self._advance()
-        self._arm(self._attempt)
+        self._arm(self._attempt, self._clock.seconds())
 
     def _read_failed(self, failure) -> None:
         self._reading = None
@@ -251,20 +256,36 @@ class ReadSession(DatagramProtocol):
 
     # -- moving backward: the timer -----------------------------------------
 
-    def _arm(self, attempt: int) -> None:
+    def _arm(self, attempt: int, now: float) -> None:
         """
-        (Re)start the one timer of this session with the wait for C{attempt}.
+        Expect progress within the wait for C{attempt}, counted from C{now}.
+
+        Called on every ACK that brings progress, so it only moves the
+        deadline; the timer itself moves only when it would fire too late.
         """
         if self.ended:
             return
-        delay = self._schedule[attempt]
-        timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(delay)
-        else:
-            self._timer = self._clock.callLater(delay, self._timed_out)
+        deadline = self._deadline = now + self._schedule[attempt]
+        if self._timer is None:
+            self._timer = self._clock.callLater(deadline - now, self._tick)
+            self._timer_at = deadline
+        elif self._timer_at > deadline:
+            self._timer.reset(deadline - now)
+            self._timer_at = deadline
 
-    def _timed_out(self) -> None:
+    def _tick(self) -> None:
+        """
+        The timer fired: wait on if the deadline moved, else time out.
+        """
+        self._timer = None
+        now = self._clock.seconds()
+        if now < self._deadline:
+            self._timer = self._clock.callLater(self._deadline - now, self._tick)
+            self._timer_at = self._deadline
+        else:
+            self._timed_out(now)
+
+    def _timed_out(self, now: float) -> None:
         self._attempt += 1
         if self._attempt >= len(self._schedule):
             self._end(Outcome.TIMEOUT)
@@ -279,9 +300,7 @@ class ReadSession(DatagramProtocol):
             for packet in self._packets[: self._sent]:
                 self._write(packet)
                 self.stats.retransmits += 1
-        self._timer = self._clock.callLater(
-            self._schedule[self._attempt], self._timed_out
-        )
+        self._arm(self._attempt, now)
 
     # -- everything else ----------------------------------------------------
 
@@ -356,9 +375,9 @@ class ReadSession(DatagramProtocol):
         self.ended = True
         self.stats.outcome = outcome
         self.stats.end_time = self._clock.seconds()
-        if self._timer is not None and self._timer.active():
+        if self._timer is not None:
             self._timer.cancel()
-        self._timer = None
+            self._timer = None
         self._packets = []
         if self._reading is not None:
             self._reading.cancel()
