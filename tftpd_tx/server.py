@@ -157,9 +157,13 @@ class TFTPServer(DatagramProtocol):
             return
         self.reply_error(peer, local, error.code, "Malformed request")
 
-    def _local_address(self, local: str | None) -> tuple[str, int]:
+    def startProtocol(self) -> None:
         host = self.transport.getHost()
-        return (local if local is not None else host.host, host.port)
+        self._listening_on = (host.host, host.port)
+
+    def _local_address(self, local: str | None) -> tuple[str, int]:
+        host, port = self._listening_on
+        return (local if local is not None else host, port)
 
     def reply_error(self, peer, local: str | None, code: int, message: str) -> None:
         """

@@ -14,6 +14,7 @@ or an ACK is matched, so rollover is one function and not a special case.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,6 +29,7 @@ from .stats import Outcome, SessionStats
 __all__ = ["backoff_schedule", "ReadSession"]
 
 
+@functools.lru_cache(maxsize=64)
 def backoff_schedule(
     initial: float, retries: int, factor: float = 2.0, ceiling: float = 8.0
 ) -> tuple[float, ...]:
@@ -38,7 +40,8 @@ def backoff_schedule(
     transmission of the same packets (0 is the first sending); the session
     gives up when the last wait passes.  Waits grow by C{factor} up to
     C{ceiling} times the initial wait, so a client that went away costs a
-    bounded time and few packets.
+    bounded time and few packets.  Every transfer asks for one, and a server
+    uses only a few: they are computed once.
 
     @param initial: the first wait, in seconds.
     @param retries: how many times to retransmit before giving up.

@@ -165,6 +165,14 @@ class SessionPort(udp.Port):
     straight away and leaves every error to the caller.
     """
 
+    def createInternetSocket(self):
+        # Non-blocking and close-on-exec from the start: three system calls
+        # fewer per transfer than setting them afterwards.
+        return socket.socket(
+            self.addressFamily,
+            self.socketType | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        )
+
     def _bindSocket(self):
         try:
             skt = self.createInternetSocket()
