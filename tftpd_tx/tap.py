@@ -4,6 +4,7 @@ C{twistd tftp}: command-line options and the service they make.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -111,6 +112,37 @@ class Options(usage.Options):
             "Block number that follows 65535: 0 or 1.",
             _bounded(int, 0, 1, "rollover"),
         ],
+        [
+            "manhole",
+            None,
+            None,
+            "Serve an SSH manhole (a Python prompt inside the server, for "
+            "operators) on this endpoint, e.g. tcp:2222:interface=127.0.0.1. "
+            "Off unless given.",
+        ],
+        [
+            "manhole-keys",
+            None,
+            "~/.ssh/authorized_keys",
+            "OpenSSH authorized_keys file of the operators allowed into the "
+            "manhole; read at every login. Public keys are the only way in.",
+        ],
+        [
+            "state-dir",
+            None,
+            None,
+            "Directory for what is kept across restarts (the manhole's host "
+            "key). Default: $STATE_DIRECTORY when systemd sets it, else "
+            "$XDG_STATE_HOME/tftpd_tx, else ~/.local/state/tftpd_tx.",
+        ],
+    ]
+
+    optFlags = [
+        [
+            "manhole-allow-remote",
+            None,
+            "Let the manhole listen on an address that is not loopback.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -127,6 +159,32 @@ class Options(usage.Options):
                     f"--interface {interface!r} is not an IP address: give an "
                     "IPv4 or IPv6 address, or leave it out to listen on every address"
                 )
+        if self["manhole"] is not None:
+            self._check_manhole()
+
+    def _check_manhole(self) -> None:
+        # Conch is imported only when a manhole is asked for.
+        from .manhole import (
+            check_endpoint,
+            check_state_dir,
+            default_state_dir,
+            read_authorized_keys,
+        )
+
+        try:
+            check_endpoint(self["manhole"], self["manhole-allow-remote"])
+        except ValueError as error:
+            raise usage.UsageError(f"--manhole {error}") from None
+        self["manhole-keys"] = os.path.expanduser(self["manhole-keys"])
+        try:
+            read_authorized_keys(self["manhole-keys"])
+        except ValueError as error:
+            raise usage.UsageError(f"--manhole-keys {error}") from None
+        self["state-dir"] = os.path.expanduser(self["state-dir"] or default_state_dir())
+        try:
+            check_state_dir(self["state-dir"])
+        except ValueError as error:
+            raise usage.UsageError(f"--state-dir: {error}") from None
 
     def _check_root(self) -> None:
         root = self["root"]
@@ -175,8 +233,8 @@ def load_handler(spec: str):
 
 def makeService(options: Options) -> MultiService:
     """
-    The TFTP listener, in a L{MultiService} that later services (manhole,
-    metrics) join.
+    The TFTP listener, in a L{MultiService} that later services (metrics)
+    join, with the SSH manhole (named C{"manhole"}) when C{--manhole} is given.
     """
     settings = Settings(
         limits=Limits(
@@ -190,10 +248,26 @@ def makeService(options: Options) -> MultiService:
     )
     top = MultiService()
     handler = options["handler"] or FilesystemHandler(options["root"])
-    TFTPService(
+    tftp = TFTPService(
         handler,
         port=options["port"],
         interface=options["interface"],
         settings=settings,
-    ).setServiceParent(top)
+    )
+    tftp.setServiceParent(top)
+    if options["manhole"] is not None:
+        from twisted.internet import reactor
+
+        from .manhole import make_namespace, manhole_service
+
+        manhole = manhole_service(
+            options["manhole"],
+            options["manhole-keys"],
+            options["state-dir"],
+            functools.partial(make_namespace, tftp.server, reactor),
+            reactor,
+            allow_remote=options["manhole-allow-remote"],
+        )
+        manhole.setName("manhole")
+        manhole.setServiceParent(top)
     return top
