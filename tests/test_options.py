@@ -370,10 +370,10 @@ class LimitsTests(SynchronousTestCase):
     def test_defaults(self):
         """
         The default limits allow the largest RFC block size, 64 blocks and
-        256 KiB per window.
+        192 KiB per window.
         """
         assert Limits() == Limits(
-            max_blksize=65464, max_windowsize=64, max_window_bytes=256 * 1024
+            max_blksize=65464, max_windowsize=64, max_window_bytes=192 * 1024
         )
 
     def test_bad_blksize(self):

@@ -4,7 +4,6 @@ TFTPService: binding, periodic statistics, stopping.
 
 from __future__ import annotations
 
-import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 

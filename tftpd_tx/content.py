@@ -17,7 +17,7 @@ import posixpath
 import stat
 from dataclasses import dataclass, field
 
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Interface, implementer
 
 from .wire import ErrorCode
 

@@ -100,7 +100,7 @@ class Options(usage.Options):
         [
             "max-window-bytes",
             None,
-            256 * 1024,
+            192 * 1024,
             "Most payload bytes one window may hold; the window is clamped to "
             "this divided by the block size.",
             _bounded(int, MIN_BLKSIZE, 64 * 1024 * 1024, "max-window-bytes"),
