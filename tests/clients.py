@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 from collections import deque
 from dataclasses import dataclass, field
@@ -707,3 +708,30 @@ def read_raw(
         port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     return reader.done
 
+
+# -- twistd ---------------------------------------------------------------------
+
+
+#: C{twistd} for the Python running the tests (C{twisted.scripts.twistd}
+#: has no C{__main__}, and C{python -m twisted} is the other runner,
+#: C{twist}), as a child that dies with the test run.
+TWISTD = [
+    sys.executable,
+    "-c",
+    # PR_SET_PDEATHSIG (1): the server gets SIGTERM if the test run dies, so
+    # an interrupted run leaves no server behind.
+    "import ctypes, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+    "sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+]
+
+
+def twistd_environment() -> dict[str, str]:
+    """
+    The environment for C{twistd}: this checkout first on the path, so that
+    the code and plugin under test are the ones in the repository.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    return env

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import sys
 import threading
@@ -18,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tftpd_tx import wire
 from tftpd_tx.compat.fbtftp import (
@@ -29,6 +28,8 @@ from tftpd_tx.compat.fbtftp import (
     StringResponseData,
     constants,
 )
+
+from clients import require_program
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,18 +123,6 @@ def load_example() -> dict:
     return namespace
 
 
-def require(binary: str) -> str:
-    """
-    The path of a client binary; a missing one skips the test, or fails it
-    under CI, where .ci/run must have installed it.
-    """
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"missing client {binary}: .ci/run must install it")
-        raise SkipTest(f"{binary} is not installed")
-    return path
-
 
 def curl(port: int, path: str, output: str, *options: str):
     """
@@ -142,7 +131,7 @@ def curl(port: int, path: str, output: str, *options: str):
     """
     url = f"tftp://127.0.0.1:{port}/{path}"
     fetching = getProcessOutputAndValue(
-        require("curl"),
+        require_program("curl"),
         ["-s", "--max-time", "10", *options, "-o", output, url],
         env=os.environ,
     )
@@ -163,7 +152,7 @@ class StaticServerMixin:
     timeout = 30
 
     def setUp(self):
-        require("curl")
+        require_program("curl")
         self.root = os.path.abspath(self.mktemp())
         os.makedirs(self.root)
         self.files = {
@@ -316,7 +305,7 @@ class BlockingHandlerTests(TestCase):
         While one handler's C{get_response_data} blocks, another client is
         served; the blocked one is served when it returns.
         """
-        require("curl")
+        require_program("curl")
         release = threading.Event()
         self.addCleanup(release.set)
         root = self.mktemp()
@@ -541,7 +530,7 @@ class RunAndCloseTests(TestCase):
         In a program of its own, C{run()} runs the reactor and returns when
         a session callback (in a thread) calls C{close()}.
         """
-        require("curl")
+        require_program("curl")
         root = os.path.abspath(self.mktemp())
         os.makedirs(root)
         with open(os.path.join(root, "hello.txt"), "wb") as f:
@@ -587,7 +576,7 @@ class RunAndCloseTests(TestCase):
         Deferred that fires when C{close()} has stopped the server and
         released its port.
         """
-        require("curl")
+        require_program("curl")
         server, root = self.static_server()
         # trial calls a test before it runs the reactor: wait for one turn.
         yield deferLater(reactor, 0, lambda: None)
@@ -608,7 +597,7 @@ class RunAndCloseTests(TestCase):
         """
         C{run(run_once=True)} serves one request, then closes by itself.
         """
-        require("curl")
+        require_program("curl")
         server, root = self.static_server()
         yield deferLater(reactor, 0, lambda: None)
         serving = server.run(run_once=True)

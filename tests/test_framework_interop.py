@@ -7,9 +7,7 @@ configs.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,27 +15,13 @@ import time
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from tftpd_tx import BytesResponseData, FilesystemHandler, Router, TFTPService
 
-TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from clients import REPO_ROOT, TWISTD, free_udp_port, require_program
+
 SLOW_HANDLER_SECONDS = 3.0
-#: twistd, run by this interpreter (`python -m twisted` is `twist`, not twistd).
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
-
-def require(binary: str) -> str:
-    """
-    The path of a client binary; a missing one skips the test, or fails it
-    under CI, where .ci/run must have installed it.
-    """
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"missing client {binary}: .ci/run must install it")
-        raise SkipTest(f"{binary} is not installed")
-    return path
 
 
 @defer.inlineCallbacks
@@ -48,7 +32,7 @@ def curl(url: str, output: str, max_time: float = 20):
     """
     started = time.monotonic()
     _, _, code = yield getProcessOutputAndValue(
-        require("curl"),
+        require_program("curl"),
         ["-s", "--max-time", str(max_time), "-o", output, url],
         env=os.environ,
     )
@@ -160,12 +144,6 @@ class NeverBlockTests(TestCase):
         self.assertLess(beside, 1.0)
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class TwistdMixin:
     """
     Run C{twistd -n} with given arguments in a subprocess on a free port,
@@ -176,13 +154,13 @@ class TwistdMixin:
 
     @defer.inlineCallbacks
     def start_twistd(self, arguments, ready_path, env=None):
-        require("curl")
+        require_program("curl")
         self.workdir = self.mktemp()
         os.makedirs(self.workdir)
-        environment = dict(os.environ, TFTP_PORT=str(self.port), PYTHONPATH=TOP)
+        environment = dict(os.environ, TFTP_PORT=str(self.port), PYTHONPATH=REPO_ROOT)
         environment.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *arguments],
+            [*TWISTD, "-n", "--pidfile=", *arguments],
             cwd=self.workdir,
             env=environment,
             stdout=subprocess.DEVNULL,
@@ -224,8 +202,8 @@ class StaticTacTests(TwistdMixin, TestCase):
         """
         With nothing configured, the bundled example root is served.
         """
-        yield self.start_twistd(["-y", os.path.join(TOP, "tac", "static.tac")], "hello.txt")
-        with open(os.path.join(TOP, "tac", "root", "hello.txt"), "rb") as f:
+        yield self.start_twistd(["-y", os.path.join(REPO_ROOT, "tac", "static.tac")], "hello.txt")
+        with open(os.path.join(REPO_ROOT, "tac", "root", "hello.txt"), "rb") as f:
             self.assertEqual(self.read("ready"), f.read())
 
     @defer.inlineCallbacks
@@ -238,7 +216,7 @@ class StaticTacTests(TwistdMixin, TestCase):
         with open(os.path.join(root, "mine.txt"), "wb") as f:
             f.write(b"my own root\n")
         yield self.start_twistd(
-            ["-y", os.path.join(TOP, "tac", "static.tac")], "mine.txt", {"TFTP_ROOT": root}
+            ["-y", os.path.join(REPO_ROOT, "tac", "static.tac")], "mine.txt", {"TFTP_ROOT": root}
         )
         self.assertEqual(self.read("ready"), b"my own root\n")
 
@@ -272,7 +250,7 @@ class HandlerOptionTests(TwistdMixin, TestCase):
             ["tftp", "--port", str(self.port), "--interface", "127.0.0.1",
              "--handler", "my_boot_handler:factory"],
             "any/thing",
-            {"PYTHONPATH": os.pathsep.join([modules, TOP])},
+            {"PYTHONPATH": os.pathsep.join([modules, REPO_ROOT])},
         )
         self.assertEqual(self.read("ready"), b"you asked for any/thing")
 
@@ -282,9 +260,9 @@ class HandlerOptionTests(TwistdMixin, TestCase):
         message naming --handler.
         """
         result = subprocess.run(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "tftp",
+            [*TWISTD, "-n", "--pidfile=", "tftp",
              "--port", str(self.port), "--handler", "no_such_module_x:factory"],
-            env=dict(os.environ, PYTHONPATH=TOP),
+            env=dict(os.environ, PYTHONPATH=REPO_ROOT),
             capture_output=True,
             text=True,
             timeout=30,
@@ -302,7 +280,7 @@ class DynamicTacTests(TwistdMixin, TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.port = free_udp_port()
-        yield self.start_twistd(["-y", os.path.join(TOP, "tac", "dynamic.tac")], "hello.txt")
+        yield self.start_twistd(["-y", os.path.join(REPO_ROOT, "tac", "dynamic.tac")], "hello.txt")
 
     @defer.inlineCallbacks
     def test_pxelinux_config_per_mac(self):
@@ -333,5 +311,5 @@ class DynamicTacTests(TwistdMixin, TestCase):
         """
         code, _ = yield curl(self.url("pxelinux.cfg/default"), self.out("default"))
         self.assertEqual(code, 0)
-        with open(os.path.join(TOP, "tac", "root", "pxelinux.cfg", "default"), "rb") as f:
+        with open(os.path.join(REPO_ROOT, "tac", "root", "pxelinux.cfg", "default"), "rb") as f:
             self.assertEqual(self.read("default"), f.read())

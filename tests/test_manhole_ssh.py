@@ -24,11 +24,13 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from tftpd_tx.content import FileNotFound
 from tftpd_tx.manhole import HOST_KEY_NAME, make_namespace, manhole_service
 from tftpd_tx.service import TFTPService
+
+from clients import require_program
 
 #: Under CI every program must be there: a missing one is a broken .ci/run.
 IN_CI = os.environ.get("CI") == "true"
@@ -42,17 +44,6 @@ SMALL = b"default local\n" * 300
 
 _ANSI = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[78=>cDEHM])")
 
-
-def require(program: str) -> str:
-    """
-    The path of C{program}; skip the test without it, or fail under CI.
-    """
-    path = shutil.which(program)
-    if path is None:
-        if IN_CI:
-            raise AssertionError(f"{program} is missing: .ci/run must install it")
-        raise SkipTest(f"{program} is not installed")
-    return path
 
 
 # -- slow content ---------------------------------------------------------------
@@ -169,9 +160,9 @@ class ManholeOverSSHTests(TestCase):
     timeout = 90
 
     def setUp(self):
-        self.ssh = require("ssh")
-        self.ssh_keygen = require("ssh-keygen")
-        self.tftp = require("tftp")
+        self.ssh = require_program("ssh")
+        self.ssh_keygen = require_program("ssh-keygen")
+        self.tftp = require_program("tftp")
         self.directory = tempfile.mkdtemp(prefix="tftpd_tx-manhole-ssh-")
         self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
         self.processes: list[_Process] = []

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 from twisted.trial.unittest import TestCase
 
 from clients import (
-    REPO_ROOT,
+    TWISTD,
     assert_fetched,
     curl,
     fetch,
@@ -24,30 +23,8 @@ from clients import (
     rrq,
     run,
     spawn,
+    twistd_environment,
 )
-
-#: C{twistd} for the Python running the tests (C{twisted.scripts.twistd}
-#: has no C{__main__}, and C{python -m twisted} is the other runner,
-#: C{twist}).
-TWISTD = [
-    sys.executable,
-    "-c",
-    "import sys; sys.argv[0] = 'twistd'; "
-    "from twisted.scripts.twistd import run; run()",
-]
-
-
-def twistd_environment() -> dict[str, str]:
-    """
-    The environment for C{twistd}: this checkout first on the path, so that
-    the code and plugin under test are the ones in the repository.
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
-    return env
-
 
 def twistd(*arguments: str):
     """
