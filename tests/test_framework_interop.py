@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tftpd_tx import BytesResponseData, FilesystemHandler, Router, TFTPService
+from tftpd_tx import BytesResponseData, FilesystemHandler, Router, TFTPServer, TFTPService
 
 from clients import REPO_ROOT, TWISTD, free_udp_port, require_program
 
@@ -142,6 +142,33 @@ class NeverBlockTests(TestCase):
         with open(self.out("dribble"), "rb") as f:
             self.assertEqual(f.read(), b"d" * 20 * 512)
         self.assertLess(beside, 1.0)
+
+
+class PlainProtocolTests(TestCase):
+    """
+    L{TFTPServer} is an ordinary protocol for C{reactor.listenUDP}.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_listen_udp(self):
+        """
+        Given to C{reactor.listenUDP} directly, the server serves a real
+        client from the port's address.
+        """
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        content = os.urandom(3000)
+        with open(os.path.join(root, "f.bin"), "wb") as f:
+            f.write(content)
+        port = reactor.listenUDP(0, TFTPServer(FilesystemHandler(root)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        output = os.path.join(root, "out")
+        code, _ = yield curl(f"tftp://127.0.0.1:{port.getHost().port}/f.bin", output)
+        self.assertEqual(code, 0)
+        with open(output, "rb") as f:
+            self.assertEqual(f.read(), content)
 
 
 class TwistdMixin:

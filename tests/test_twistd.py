@@ -101,6 +101,27 @@ class TwistdTests(TestCase):
         self.assertNotIn(b"Traceback", result.out + result.err)
 
 
+class PluginTests(TestCase):
+    """
+    The plugin makes C{tftp} a twistd command.
+    """
+
+    timeout = 30
+
+    async def test_listed_in_help(self):
+        """
+        C{twistd --help} lists the C{tftp} command with its description, and
+        C{twistd tftp --help} documents every option of the README's table.
+        """
+        listing = await run([*TWISTD, "--help"], env=twistd_environment())
+        self.assertRegex(listing.out.decode(), r"\n\s+tftp\s+A TFTP server")
+        usage = await run([*TWISTD, "tftp", "--help"], env=twistd_environment())
+        for option in ("--root", "--handler", "--port", "--interface", "--timeout",
+                       "--retries", "--max-blksize", "--max-windowsize",
+                       "--max-window-bytes", "--rollover", "--manhole"):
+            self.assertIn(option.encode(), usage.out)
+
+
 class BadOptionTests(TestCase):
     """
     Bad options stop C{twistd tftp} at start, with a message that names
