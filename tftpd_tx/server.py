@@ -26,7 +26,7 @@ from .netascii import NetasciiResponseData
 from .options import Limits, negotiate
 from .session import ReadSession, backoff_schedule
 from .stats import Outcome, ServerStats, SessionStats
-from .udp import SessionPort, listen, plain_address
+from .udp import plain_address, session_opener
 
 __all__ = ["Settings", "TFTPServer", "SESSION_MAX_PACKET"]
 
@@ -92,6 +92,7 @@ class TFTPServer(DatagramProtocol):
         self.stats = stats if stats is not None else ServerStats()
         self.sessions: dict[int, ReadSession] = {}
         self._reactor = reactor
+        self._open_transfer = session_opener(reactor)
         self._session_callback = session_callback
         self._session_ids = itertools.count(1)
         # Peers with a request in progress (the handler is still working, or
@@ -319,14 +320,7 @@ class TFTPServer(DatagramProtocol):
         self.sessions[session.session_id] = session
         self.stats.session_started()
         try:
-            listen(
-                self._reactor,
-                SessionPort,
-                0,
-                session,
-                request.local[0],
-                SESSION_MAX_PACKET,
-            )
+            self._open_transfer(session, request.local[0], SESSION_MAX_PACKET)
         except Exception:
             self._log.failure(
                 "Cannot open a transfer port for {peer} on {local}",

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from .server import SESSION_MAX_PACKET, Settings, TFTPServer
 from .stats import ServerStats
-from .udp import PacketInfoPort, listen
+from .udp import listen_server
 
 __all__ = ["TFTPService", "ipv6_available"]
 
@@ -90,9 +90,8 @@ class TFTPService(Service):
         self.port = None
 
     def privilegedStartService(self) -> None:
-        self.port = listen(
+        self.port = listen_server(
             self._reactor,
-            PacketInfoPort,
             self._port_number,
             self.server,
             self._interface,

@@ -16,20 +16,22 @@ back into plain IPv4.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import sys
 
 from twisted.internet import error, udp
 from twisted.internet.abstract import isIPv6Address
-from twisted.internet.base import BasePort
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
 __all__ = [
     "PacketInfoPort",
-    "SessionPort",
-    "listen",
+    "SessionMultiplexer",
+    "listen_server",
+    "session_opener",
     "plain_address",
     "plain_host",
     "packet_info_supported",
@@ -48,8 +50,8 @@ packet_info_supported = sys.platform.startswith("linux")
 
 _MAPPED_PREFIX = "::ffff:"
 
-#: Datagrams a session port reads before letting other ports have a turn.
-_READS_PER_WAKEUP = 64
+#: Rounds of reading ready transfer sockets before the reactor has a turn.
+_ROUNDS_PER_WAKEUP = 64
 
 
 def plain_host(host: str) -> str:
@@ -152,84 +154,176 @@ class PacketInfoPort(udp.Port):
             pass
 
 
-class SessionPort(udp.Port):
-    _log = Logger()
-
+class _TransferSocket:
     """
-    The port of one transfer: a L{udp.Port} that is quiet and quick.
+    The transport of one transfer: a UDP socket on an ephemeral port, read
+    by a L{SessionMultiplexer}.
 
-    Twisted's port logs a line when it opens and when it closes, which is two
-    lines per transfer at thousands of transfers a second; and its C{write}
-    re-parses the destination address on every datagram.  A session always
-    writes to addresses that came from its own socket, so this one sends
-    straight away and leaves every error to the caller.
+    It offers what a L{DatagramProtocol} uses of a port: C{write},
+    C{getHost} and C{stopListening}.  Writes go straight to C{sendto}: a
+    session writes only to addresses its own socket produced, so there is
+    nothing to check, and any error is the caller's to handle.
     """
 
-    def createInternetSocket(self):
-        # Non-blocking and close-on-exec from the start: three system calls
-        # fewer per transfer than setting them afterwards.
-        return socket.socket(
-            self.addressFamily,
-            self.socketType | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+    def __init__(self, multiplexer, protocol, interface: str, max_packet_size: int):
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        # Non-blocking and close-on-exec from the start: no extra calls.
+        self.socket = socket.socket(
+            family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        )
+        try:
+            self.socket.bind((interface, 0))
+        except OSError as reason:
+            self.socket.close()
+            raise error.CannotListenError(interface, 0, reason)
+        self.protocol = protocol
+        self._multiplexer = multiplexer
+        self._max_packet_size = max_packet_size
+        self._trim = family == socket.AF_INET6
+        self.write = self.socket.sendto
+
+    def getHost(self):
+        host, port = self.socket.getsockname()[:2]
+        if self._trim:
+            return IPv6Address("UDP", host, port)
+        return IPv4Address("UDP", host, port)
+
+    def read(self) -> None:
+        """
+        Hand the protocol the next datagram, if there is one.
+        """
+        try:
+            data, addr = self.socket.recvfrom(self._max_packet_size)
+        except OSError:
+            # Nothing there after all, or an ICMP error queued on the
+            # socket (a client that went away): the timer deals with it.
+            return
+        try:
+            self.protocol.datagramReceived(data, addr[:2] if self._trim else addr)
+        except BaseException:
+            self._multiplexer.log.failure(
+                "Unhandled error in {protocol}", protocol=self.protocol
+            )
+
+    def stopListening(self) -> None:
+        """
+        Close now; the protocol is stopped at once.
+        """
+        if self.socket is None:
+            return
+        self._multiplexer.remove(self)
+        self.socket.close()
+        self.socket = None
+        # A protocol may stop from its own startProtocol, before it counts
+        # as started: then start_transfer stops it right after.
+        if self.protocol.numPorts:
+            self.protocol.doStop()
+
+
+class SessionMultiplexer:
+    """
+    One reactor reader for the sockets of every transfer.
+
+    The reactor watches a single epoll descriptor; when it is readable,
+    L{doRead} asks it which transfer sockets have datagrams and reads one
+    from each.  Compared with a reactor reader per socket, a busy server
+    pays the reactor's per-event dispatch once per wakeup instead of once
+    per datagram, and never reads a socket just to learn it is empty.  It
+    also keeps Twisted's two log lines per opened and closed port out of
+    the log.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._poller = select.epoll()
+        self._sockets: dict[int, _TransferSocket] = {}
+        self._watched = False
+
+    def fileno(self) -> int:
+        return self._poller.fileno()
+
+    def logPrefix(self) -> str:
+        return "tftpd_tx transfers"
+
+    def start_transfer(self, protocol, interface: str, max_packet_size: int):
+        """
+        Open a transfer socket on an ephemeral port of C{interface} for
+        C{protocol}, and start the protocol.
+        """
+        transport = _TransferSocket(self, protocol, interface, max_packet_size)
+        fd = transport.socket.fileno()
+        self._sockets[fd] = transport
+        self._poller.register(fd, select.EPOLLIN)
+        if not self._watched:
+            self._reactor.addReader(self)
+            self._watched = True
+        protocol.makeConnection(transport)
+        if transport.socket is None:
+            protocol.doStop()
+        return transport
+
+    def remove(self, transport: _TransferSocket) -> None:
+        """
+        Stop watching a transfer socket; with none left, leave the reactor
+        alone (a server at rest holds no reader but its own port).
+        """
+        fd = transport.socket.fileno()
+        del self._sockets[fd]
+        self._poller.unregister(fd)
+        if not self._sockets and self._watched:
+            self._reactor.removeReader(self)
+            self._watched = False
+
+    def doRead(self) -> None:
+        sockets = self._sockets
+        # Datagrams that arrive while the ready ones are handled (a client
+        # on the same CPU answers at once) are picked up by the next round
+        # without going back to the reactor.
+        for _ in range(_ROUNDS_PER_WAKEUP):
+            ready = self._poller.poll(0)
+            if not ready:
+                return
+            for fd, _ in ready:
+                transport = sockets.get(fd)
+                if transport is not None:
+                    transport.read()
+
+    def connectionLost(self, reason) -> None:
+        """
+        The reactor is shutting down: close every transfer socket.
+        """
+        for transport in list(self._sockets.values()):
+            transport.stopListening()
+        self._watched = False
+
+
+def session_opener(reactor):
+    """
+    A function C{open(protocol, interface, max_packet_size)} that starts a
+    transfer on an ephemeral port: through a L{SessionMultiplexer} where the
+    reactor and platform allow, else with C{reactor.listenUDP} (as on the
+    fakes of L{tftpd_tx.testing}).
+    """
+    if isinstance(reactor, PosixReactorBase) and hasattr(select, "epoll"):
+        return SessionMultiplexer(reactor).start_transfer
+
+    def listen_udp(protocol, interface, max_packet_size):
+        return reactor.listenUDP(
+            0, protocol, interface=interface, maxPacketSize=max_packet_size
         )
 
-    def _bindSocket(self):
-        try:
-            skt = self.createInternetSocket()
-            skt.bind((self.interface, self.port))
-        except OSError as le:
-            raise error.CannotListenError(self.interface, self.port, le)
-        self._realPortNumber = skt.getsockname()[1]
-        self.connected = 1
-        self.socket = skt
-        self.fileno = skt.fileno
-
-    def write(self, datagram: bytes, addr=None):
-        return self.socket.sendto(datagram, addr)
-
-    def doRead(self):
-        """
-        Read the datagrams waiting, as L{udp.Port.doRead} does, with the
-        per-datagram work cut to the call of the protocol.
-        """
-        recvfrom, size = self.socket.recvfrom, self.maxPacketSize
-        received = self.protocol.datagramReceived
-        trim = self.addressFamily == socket.AF_INET6
-        for _ in range(_READS_PER_WAKEUP):
-            try:
-                data, addr = recvfrom(size)
-            except OSError as error:
-                if error.args[0] in udp._sockErrReadIgnore:
-                    return
-                if error.args[0] in udp._sockErrReadRefuse:
-                    continue
-                raise
-            try:
-                received(data, addr[:2] if trim else addr)
-            except BaseException:
-                self._log.failure("Unhandled error in {protocol}", protocol=self.protocol)
-
-    def connectionLost(self, reason=None):
-        self._realPortNumber = None
-        self.maxThroughput = -1
-        BasePort.connectionLost(self, reason)
-        self.protocol.doStop()
-        self.socket.close()
-        del self.socket
-        del self.fileno
-        if hasattr(self, "d"):
-            self.d.callback(None)
-            del self.d
+    return listen_udp
 
 
-def listen(reactor, port_class, number: int, protocol, interface: str, max_packet_size: int):
+def listen_server(reactor, number: int, protocol, interface: str, max_packet_size: int):
     """
-    Open a UDP port of C{port_class} (L{PacketInfoPort} or L{SessionPort})
-    on the reactors that can run it, or C{listenUDP} on any other (such as
-    the fakes of L{tftpd_tx.testing}).
+    Open the server port: a L{PacketInfoPort} on the reactors that can run
+    it, C{listenUDP} on any other (such as the fakes of L{tftpd_tx.testing}).
     """
     if isinstance(reactor, PosixReactorBase):
-        port = port_class(number, protocol, interface, max_packet_size, reactor)
+        port = PacketInfoPort(number, protocol, interface, max_packet_size, reactor)
         port.startListening()
         return port
     return reactor.listenUDP(
