@@ -184,29 +184,56 @@ class ReadSession(DatagramProtocol):
 
     def _advance(self) -> None:
         """
-        Read until the window is full (or the content ends, or a read is
+        Read what the window lacks (unless the content ended or a read is
         pending), send what has not been sent, and wait for an ACK.
+
+        The blocks a window lacks are read with one C{read}: the contract
+        of C{read(n)} (fewer than C{n} bytes only at the end) makes one read
+        of several blocks the same as several reads of one, and a window of
+        16 then costs one call and one system call instead of 16.
         """
-        packets = self._packets
-        window, blksize, read = self._window, self._blksize, self._response.read
-        while len(packets) < window and not self._eof and self._reading is None:
+        missing = self._window - len(self._packets)
+        if missing > 0 and not self._eof and self._reading is None:
+            asked = missing * self._blksize
             try:
-                chunk = read(blksize)
+                chunk = self._response.read(asked)
             except Exception as exc:
                 self._content_failed(exc)
                 return
             if type(chunk) is not bytes and isinstance(chunk, Deferred):
                 self._reading = chunk
-                chunk.addCallbacks(self._read_done, self._read_failed)
-                break
-            self._append(chunk)
+                chunk.addCallbacks(self._read_done, self._read_failed, (asked,))
+            else:
+                self._add_blocks(chunk, asked)
         self._send_unsent()
 
-    def _append(self, chunk: bytes) -> None:
-        block = self._acked + len(self._packets) + 1
-        self._packets.append(wire.data_header(self._wire_block(block)) + chunk)
-        if len(chunk) < self._blksize:
+    def _add_blocks(self, chunk: bytes, asked: int) -> None:
+        """
+        Cut what a read returned into DATA packets.  A read shorter than
+        asked is the end: its last block is short, empty if need be.
+        """
+        packets, blksize, header = self._packets, self._blksize, wire.data_header
+        block = self._acked + len(packets)
+        end = len(chunk)
+        if asked == blksize:
+            # Lock-step: the chunk is the block, short if it is the last.
+            packets.append(header(self._wire_block(block + 1)) + chunk)
+            self._eof = end < blksize
+            return
+        view = memoryview(chunk)
+        if end < asked:
             self._eof = True
+            # The last block is the short remainder, or empty when the
+            # content ended on a block boundary.
+            last = end - end % blksize
+        else:
+            last = end
+        for start in range(0, last, blksize):
+            block += 1
+            packets.append(header(self._wire_block(block)) + view[start : start + blksize])
+        if self._eof:
+            block += 1
+            packets.append(header(self._wire_block(block)) + view[last:])
 
     def _send_unsent(self) -> None:
         packets = self._packets
@@ -231,11 +258,11 @@ class ReadSession(DatagramProtocol):
         stats.bytes_sent += payload
         self._sent = len(packets)
 
-    def _read_done(self, chunk: bytes) -> None:
+    def _read_done(self, chunk: bytes, asked: int) -> None:
         self._reading = None
         if self.ended:
             return
-        self._append(chunk)
+        self._add_blocks(chunk, asked)
         self._advance()
         self._arm(self._attempt, self._clock.seconds())
 
