@@ -61,7 +61,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .options import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE
+from .options import Limits
+from .server import SETTING_BOUNDS
 
 __all__ = [
     "HOST_KEY_NAME",
@@ -752,14 +753,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     )
 
 
-#: Bounds of the live settings that L{Limits} does not check itself.
+_LIMITS = {field.name for field in dataclasses.fields(Limits)}
+
+#: Each live setting: its type, its bounds, and whether it lives in the
+#: L{Limits} of the settings.
 _SETTING_RULES = {
-    "max_blksize": (int, MIN_BLKSIZE, MAX_BLKSIZE, "limits"),
-    "max_windowsize": (int, 1, MAX_WINDOWSIZE, "limits"),
-    "max_window_bytes": (int, MIN_BLKSIZE, 64 * 1024 * 1024, "limits"),
-    "timeout": (float, 0.01, 255, None),
-    "retries": (int, 0, 100, None),
-    "rollover": (int, 0, 1, None),
+    name: (kind, low, high, name in _LIMITS)
+    for name, (kind, low, high) in SETTING_BOUNDS.items()
 }
 
 

@@ -23,18 +23,30 @@ from twisted.python.failure import Failure
 from . import wire
 from .content import Request, error_for, normalize_path
 from .netascii import NetasciiResponseData
-from .options import Limits, negotiate
+from .options import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE, Limits, negotiate
 from .session import ReadSession, backoff_schedule
 from .stats import Outcome, ServerStats, SessionStats
 from .udp import plain_address, session_opener
 
-__all__ = ["Settings", "TFTPServer", "SESSION_MAX_PACKET"]
+__all__ = ["Settings", "SETTING_BOUNDS", "TFTPServer", "SESSION_MAX_PACKET"]
 
 #: Receive buffer of session ports: large enough for any TFTP datagram
 #: (blksize 65464 plus the 4-byte header), so nothing is ever truncated.
 SESSION_MAX_PACKET = 65536
 
 _MODES = frozenset({"octet", "netascii"})
+
+
+#: The type and range of each setting (of L{Settings} or of its L{Limits}),
+#: for everything that sets them: the command line and the manhole.
+SETTING_BOUNDS = {
+    "max_blksize": (int, MIN_BLKSIZE, MAX_BLKSIZE),
+    "max_windowsize": (int, 1, MAX_WINDOWSIZE),
+    "max_window_bytes": (int, MIN_BLKSIZE, 64 * 1024 * 1024),
+    "timeout": (float, 0.01, 255),
+    "retries": (int, 0, 100),
+    "rollover": (int, 0, 1),
+}
 
 
 @dataclass

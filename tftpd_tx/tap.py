@@ -12,8 +12,8 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from .content import FilesystemHandler
-from .options import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE, Limits
-from .server import Settings
+from .options import MAX_BLKSIZE, Limits
+from .server import SETTING_BOUNDS, Settings
 from .service import TFTPService
 
 
@@ -36,6 +36,14 @@ def _bounded(kind, low, high, option):
 
     coerce.coerceDoc = f"From {low} to {high}."
     return coerce
+
+
+def _setting(name):
+    """
+    The coercer of the option that sets the setting C{name}.
+    """
+    kind, low, high = SETTING_BOUNDS[name]
+    return _bounded(kind, low, high, name.replace("_", "-"))
 
 
 class Options(usage.Options):
@@ -74,28 +82,28 @@ class Options(usage.Options):
             1.0,
             "First retransmit wait in seconds (may be fractional), when the "
             "client does not negotiate one; later waits double, up to 8 times it.",
-            _bounded(float, 0.01, 255, "timeout"),
+            _setting("timeout"),
         ],
         [
             "retries",
             None,
             5,
             "Retransmissions of the same packets before a transfer is given up.",
-            _bounded(int, 0, 100, "retries"),
+            _setting("retries"),
         ],
         [
             "max-blksize",
             None,
             MAX_BLKSIZE,
             "Largest block size granted (RFC 2348); larger requests are clamped.",
-            _bounded(int, MIN_BLKSIZE, MAX_BLKSIZE, "max-blksize"),
+            _setting("max_blksize"),
         ],
         [
             "max-windowsize",
             None,
             64,
             "Largest window granted, in blocks (RFC 7440).",
-            _bounded(int, 1, MAX_WINDOWSIZE, "max-windowsize"),
+            _setting("max_windowsize"),
         ],
         [
             "max-window-bytes",
@@ -103,14 +111,14 @@ class Options(usage.Options):
             192 * 1024,
             "Most payload bytes one window may hold; the window is clamped to "
             "this divided by the block size.",
-            _bounded(int, MIN_BLKSIZE, 64 * 1024 * 1024, "max-window-bytes"),
+            _setting("max_window_bytes"),
         ],
         [
             "rollover",
             None,
             0,
             "Block number that follows 65535: 0 or 1.",
-            _bounded(int, 0, 1, "rollover"),
+            _setting("rollover"),
         ],
         [
             "manhole",
