@@ -19,7 +19,6 @@ from __future__ import annotations
 import select
 import socket
 import struct
-import sys
 
 from twisted.internet import error, udp
 from twisted.internet.abstract import isIPv6Address
@@ -34,7 +33,6 @@ __all__ = [
     "session_opener",
     "plain_address",
     "plain_host",
-    "packet_info_supported",
 ]
 
 #: Linux's value; Python 3.11's socket module does not export it.
@@ -45,8 +43,6 @@ _ANCILLARY_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(
     _IN_PKTINFO.size
 )
 
-#: Whether this platform can report destination addresses.
-packet_info_supported = sys.platform.startswith("linux")
 
 _MAPPED_PREFIX = "::ffff:"
 
@@ -102,10 +98,10 @@ class PacketInfoPort(udp.Port):
                 data, ancillary, _, addr = self.socket.recvmsg(
                     self.maxPacketSize, _ANCILLARY_SPACE
                 )
-            except OSError as error:
-                if error.args[0] in udp._sockErrReadIgnore:
-                    return
-                if error.args[0] in udp._sockErrReadRefuse:
+            except OSError as reason:
+                # Nothing waiting, or an ICMP error queued on the socket by
+                # an earlier reply: either way, nothing to read now.
+                if reason.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
                     return
                 raise
             read += len(data)
