@@ -299,7 +299,8 @@ class TFTPServer(DatagramProtocol):
         try:
             if request.mode == "netascii":
                 response = NetasciiResponseData(response)
-            negotiated = negotiate(request.options, settings.limits, response.size())
+            size = response.size()
+            negotiated = negotiate(request.options, settings.limits, size)
         except Exception:
             self._close_quietly(response)
             self._refuse(Failure(), request)
@@ -314,7 +315,7 @@ class TFTPServer(DatagramProtocol):
             start_time=started,
             blksize=negotiated.blksize,
             windowsize=negotiated.windowsize,
-            size=response.size(),
+            size=size,
         )
         session = ReadSession(
             clock=self._reactor,
