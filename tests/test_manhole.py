@@ -995,7 +995,7 @@ class TapOptionsTests(SynchronousTestCase):
 
     def parse(self, *arguments):
         options = tap.Options()
-        options.parseOptions(["--root", self.directory, *arguments])
+        options.parseOptions(["--root", self.directory, "--port", "0", *arguments])
         return options
 
     def manhole_arguments(self, endpoint="tcp:0:interface=127.0.0.1", keys=None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 from twisted.trial.unittest import TestCase
 
@@ -160,10 +161,24 @@ class BadOptionTests(TestCase):
     async def test_interface_not_on_this_host(self):
         """
         An address this host does not have (192.0.2.77, TEST-NET-1) cannot
-        be bound: C{twistd} exits non-zero naming the address.
+        be bound: C{twistd} exits non-zero naming C{--interface}.
         """
         root = make_directory(self)
         await self.assert_refused(
             ["--root", root, "--port", "0", "--interface", "192.0.2.77"],
-            "192.0.2.77",
+            "--interface 192.0.2.77 is not an address of this host",
         )
+
+    async def test_port_in_use(self):
+        """
+        A port another server holds is refused at start, naming C{--port}
+        and the way out.
+        """
+        root = make_directory(self)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+            holder.bind(("127.0.0.1", 0))
+            port = holder.getsockname()[1]
+            await self.assert_refused(
+                ["--root", root, "--port", str(port), "--interface", "127.0.0.1"],
+                f"--port {port} is already in use",
+            )

@@ -15,7 +15,7 @@ from .server import SESSION_MAX_PACKET, Settings, TFTPServer
 from .stats import ServerStats
 from .udp import listen_server
 
-__all__ = ["TFTPService", "ipv6_available"]
+__all__ = ["TFTPService", "ipv6_available", "listening_address"]
 
 
 def ipv6_available() -> bool:
@@ -29,6 +29,14 @@ def ipv6_available() -> bool:
     except OSError:
         return False
     return True
+
+
+def listening_address(interface: str) -> str:
+    """
+    The address to bind for C{interface}: itself, or for C{""} (every
+    address) C{"::"} on a dual-stack socket, C{"0.0.0.0"} without IPv6.
+    """
+    return interface or ("::" if ipv6_available() else "0.0.0.0")
 
 
 class TFTPService(Service):
@@ -79,7 +87,7 @@ class TFTPService(Service):
         self._stats_interval = stats_interval
         self._stats_loop = None
         self._port_number = port
-        self._interface = interface or ("::" if ipv6_available() else "0.0.0.0")
+        self._interface = listening_address(interface)
         self.server = TFTPServer(
             handler,
             settings,

@@ -5,8 +5,10 @@ C{twistd tftp}: command-line options and the service they make.
 from __future__ import annotations
 
 import functools
+import errno
 import importlib
 import os
+import socket
 
 from twisted.application.service import MultiService
 from twisted.python import usage
@@ -14,7 +16,7 @@ from twisted.python import usage
 from .content import FilesystemHandler
 from .options import MAX_BLKSIZE, Limits
 from .server import SETTING_BOUNDS, Settings
-from .service import TFTPService
+from .service import TFTPService, listening_address
 
 
 def _bounded(kind, low, high, option):
@@ -167,8 +169,25 @@ class Options(usage.Options):
                     f"--interface {interface!r} is not an IP address: give an "
                     "IPv4 or IPv6 address, or leave it out to listen on every address"
                 )
+        self._check_bindable()
         if self["manhole"] is not None:
             self._check_manhole()
+
+    def _check_bindable(self) -> None:
+        """
+        Bind the port once, now, so that a port in use, a privileged port or
+        an address this host does not have is reported as the option at
+        fault rather than as a traceback from inside twistd.
+        """
+        address, port = listening_address(self["interface"]), self["port"]
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            if address == "::":
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                probe.bind((address, port))
+            except OSError as error:
+                raise usage.UsageError(_bind_problem(error, address, port)) from None
 
     def _check_manhole(self) -> None:
         # Conch is imported only when a manhole is asked for.
@@ -206,6 +225,28 @@ class Options(usage.Options):
                 f"--root {root!r} cannot be read by this user: fix its "
                 "permissions or run as a user who can read it"
             )
+
+
+def _bind_problem(error: OSError, address: str, port: int) -> str:
+    """
+    What to tell an operator whose server cannot bind C{(address, port)}.
+    """
+    if error.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"--interface {address} is not an address of this host: give one "
+            "it has, or leave --interface out to listen on every address"
+        )
+    if error.errno == errno.EACCES:
+        return (
+            f"--port {port} needs privileges: start twistd as root (add -u/-g "
+            "to drop them once the port is bound) or choose a port above 1023"
+        )
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"--port {port} is already in use on {address}: stop the server "
+            "using it (another TFTP server?) or choose another --port"
+        )
+    return f"cannot listen on [{address}]:{port} ({error.strerror}): check --interface and --port"
 
 
 def load_handler(spec: str):
