@@ -151,7 +151,10 @@ def error_for(exception: BaseException) -> tuple[int, str, bool]:
         # The class test catches FileNotFoundError("...") raised by handler
         # code without an errno; the errno test catches ENAMETOOLONG.
         return ErrorCode.FILE_NOT_FOUND, "File not found", True
-    if isinstance(exception, (PermissionError, IsADirectoryError)):
+    if isinstance(exception, (PermissionError, IsADirectoryError)) or (
+        isinstance(exception, OSError) and exception.errno == errno.ENXIO
+    ):
+        # ENXIO: a Unix socket (or a device without a driver) in the root.
         return ErrorCode.ACCESS_VIOLATION, "Access violation", True
     if isinstance(exception, OSError):
         return ErrorCode.NOT_DEFINED, "Cannot read file", True
