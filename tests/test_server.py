@@ -388,6 +388,20 @@ class MalformedDatagramTests(ServerMixin, SynchronousTestCase):
         self.assertEqual(self.errors_sent(), [wire.Error(1, "File not found")])
         self.assertEqual(len(self.reactor.ports), 3)
 
+    def test_garbage_flood_logs_little(self):
+        """
+        A flood of malformed datagrams is counted in full but logged once
+        per interval, the next line saying how many went unlogged.
+        """
+        with capturedLogs() as events:
+            for _ in range(1000):
+                self.request(b"\0\1no-terminator")
+            self.reactor.advance(10)
+            self.request(b"\0\1no-terminator")
+        lines = [e for e in events if "reason" in e]
+        self.assertEqual([e["suppressed"] for e in lines], [0, 999])
+        self.assertEqual(self.server.stats.counters["datagrams.malformed"], 1001)
+
     def test_nothing_escapes_datagram_received(self):
         """
         Even a handler that is not a handler cannot make datagramReceived

@@ -36,6 +36,9 @@ SESSION_MAX_PACKET = 65536
 
 _MODES = frozenset({"octet", "netascii"})
 
+#: Seconds between two log lines about malformed datagrams.
+MALFORMED_LOG_INTERVAL = 10.0
+
 
 #: The type and range of each setting (of L{Settings} or of its L{Limits}),
 #: for everything that sets them: the command line and the manhole.
@@ -112,6 +115,8 @@ class TFTPServer(DatagramProtocol):
         self._busy_peers: set[tuple[str, int]] = set()
         self.draining = False
         self._stopped = False
+        self._malformed_quiet_until = 0.0
+        self._malformed_unlogged = 0
 
     # -- receiving ----------------------------------------------------------
 
@@ -158,9 +163,22 @@ class TFTPServer(DatagramProtocol):
 
     def _malformed(self, error: wire.DecodeError, peer, local) -> None:
         self.stats.increment("datagrams.malformed")
-        self._log.info(
-            "Malformed datagram from {peer}: {reason}", peer=peer, reason=error.reason
-        )
+        # One line per interval at most: a flood of garbage must not become
+        # a flood of log lines (the counter has the full count).
+        now = self._reactor.seconds()
+        if now >= self._malformed_quiet_until:
+            self._log.info(
+                "Malformed datagram from {peer}: {reason}"
+                " ({suppressed} more not logged in the last {interval:g}s)",
+                peer=peer,
+                reason=error.reason,
+                suppressed=self._malformed_unlogged,
+                interval=MALFORMED_LOG_INTERVAL,
+            )
+            self._malformed_quiet_until = now + MALFORMED_LOG_INTERVAL
+            self._malformed_unlogged = 0
+        else:
+            self._malformed_unlogged += 1
         if error.opcode is None or error.opcode in (
             wire.Opcode.DATA,
             wire.Opcode.ACK,
