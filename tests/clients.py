@@ -89,10 +89,16 @@ class Result:
 
 
 class _Collector(ProcessProtocol):
-    def __init__(self) -> None:
+    def __init__(self, stdin: bytes | None = None) -> None:
         self.out: list[bytes] = []
         self.err: list[bytes] = []
         self.ended: Deferred[Result] = Deferred()
+        self._stdin = stdin
+
+    def connectionMade(self) -> None:
+        if self._stdin is not None:
+            self.transport.write(self._stdin)
+            self.transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         self.out.append(data)
@@ -139,11 +145,14 @@ class RunningProcess:
             self._transport.signalProcess(name)
 
 
-def spawn(argv: Sequence[str], *, cwd: str | None = None, env=None) -> RunningProcess:
+def spawn(
+    argv: Sequence[str], *, cwd: str | None = None, env=None, stdin: bytes | None = None
+) -> RunningProcess:
     """
-    Start C{argv} (its first item a full path) without a shell.
+    Start C{argv} (its first item a full path) without a shell; C{stdin},
+    when given, is written to it and its standard input closed.
     """
-    collector = _Collector()
+    collector = _Collector(stdin)
     transport = reactor.spawnProcess(
         collector,
         argv[0],

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -30,7 +28,7 @@ from tftpd_tx.content import FileNotFound
 from tftpd_tx.manhole import HOST_KEY_NAME, make_namespace, manhole_service
 from tftpd_tx.service import TFTPService
 
-from clients import require_program
+from clients import require_program, spawn
 
 #: Under CI every program must be there: a missing one is a broken .ci/run.
 IN_CI = os.environ.get("CI") == "true"
@@ -112,43 +110,25 @@ class PacedHandler:
 
 
 @dataclass
-class Result:
+class Transcript:
+    """
+    What a process printed, as text with terminal escape sequences and
+    carriage returns removed, and how it exited.
+    """
+
     out: str
     err: str
     code: int | None
 
+    @classmethod
+    def of(cls, result) -> "Transcript":
+        def text(raw: bytes) -> str:
+            return _ANSI.sub(b"", raw).replace(b"\r", b"").decode("utf-8", "replace")
+
+        return cls(text(result.out), text(result.err), result.code)
+
     def __str__(self) -> str:
         return f"exit {self.code}\nstdout:\n{self.out}\nstderr:\n{self.err}"
-
-
-class _Process(ProcessProtocol):
-    def __init__(self, stdin: bytes) -> None:
-        self._stdin = stdin
-        self._out: list[bytes] = []
-        self._err: list[bytes] = []
-        self.ended: Deferred[Result] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self._stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self._out.append(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self._err.append(data)
-
-    def processEnded(self, reason) -> None:
-        value = reason.value
-        code = None
-        if isinstance(value, (ProcessDone, ProcessTerminated)):
-            code = value.exitCode
-
-        def text(parts):
-            raw = _ANSI.sub(b"", b"".join(parts)).replace(b"\r", b"")
-            return raw.decode("utf-8", "replace")
-
-        self.ended.callback(Result(text(self._out), text(self._err), code))
 
 
 class ManholeOverSSHTests(TestCase):
@@ -165,7 +145,7 @@ class ManholeOverSSHTests(TestCase):
         self.tftp = require_program("tftp")
         self.directory = tempfile.mkdtemp(prefix="tftpd_tx-manhole-ssh-")
         self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
-        self.processes: list[_Process] = []
+        self.processes = []
         self.addCleanup(self._stop_processes)
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -206,22 +186,24 @@ class ManholeOverSSHTests(TestCase):
 
     # -- helpers ----------------------------------------------------------------
 
-    def spawn(self, argv: list[str], stdin: bytes = b"", env=None) -> _Process:
-        process = _Process(stdin)
-        reactor.spawnProcess(
-            process, argv[0], argv, env=self.env if env is None else env,
-            path=self.directory,
-        )  # fmt: skip
+    def spawn(self, argv: list[str], stdin: bytes = b"", env=None):
+        """
+        Start a process; its C{ended} fires with a L{Transcript}.
+        """
+        process = spawn(
+            argv, cwd=self.directory, env=self.env if env is None else env, stdin=stdin
+        )
+        process.ended.addCallback(Transcript.of)
         self.processes.append(process)
         return process
 
     async def _stop_processes(self) -> None:
         for process in self.processes:
             if not process.ended.called:
-                process.transport.signalProcess("KILL")
+                process.signal("KILL")
                 await process.ended
 
-    async def run_process(self, argv: list[str], stdin=b"", env=None) -> Result:
+    async def run_process(self, argv: list[str], stdin=b"", env=None) -> Transcript:
         return await self.spawn(argv, stdin, env).ended
 
     async def make_key(self, name: str) -> str:
@@ -255,7 +237,7 @@ class ManholeOverSSHTests(TestCase):
         self.assertEqual(result.code, 0, str(result))
         return result.out
 
-    def fetch(self, remote: str) -> tuple[_Process, str]:
+    def fetch(self, remote: str):
         """
         Start the tftp client on C{remote}: it retransmits every second and
         gives up after 30.  Return the process and the local file name.
