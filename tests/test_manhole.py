@@ -363,11 +363,12 @@ class SettingsTests(NamespaceMixin, SynchronousTestCase):
         self.assertEqual(settings.timeout, 1.0)
         self.assertEqual(settings.retries, 5)
         self.assertEqual(settings.rollover, 0)
+        self.assertEqual(settings.log_rate, 100)
         self.assertIn("max_blksize      1024", repr(settings))
         self.assertEqual(
             sorted(dir(settings)),
             sorted(["max_blksize", "max_windowsize", "max_window_bytes",
-                    "timeout", "retries", "rollover"]),
+                    "timeout", "retries", "rollover", "log_rate"]),
         )  # fmt: skip
 
     def test_new_transfers_use_new_limits(self):

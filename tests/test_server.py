@@ -142,6 +142,28 @@ class ReadRequestTests(ServerMixin, SynchronousTestCase):
         self.assertEqual(self.reactor.open_ports(), [self.listener])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_storm_logs_up_to_the_rate(self):
+        """
+        Past C{log_rate} transfer lines a second, the rest are not logged
+        one by one: one line at the end of the second counts them by
+        outcome, and the counters still have every transfer.
+        """
+        self.server.settings.log_rate = 3
+        with capturedLogs() as events:
+            for n in range(10):
+                peer = ("198.51.100.40", 1000 + n)
+                self.request(rrq("small.cfg"), peer=peer)
+                self.reactor.ports[-1].deliver(ack(1), peer)
+            self.request(rrq("missing"), peer=("198.51.100.41", 1))
+            self.reactor.advance(1)
+        lines = [e for e in events if e.get("outcome")]
+        self.assertEqual(len(lines), 3)
+        (summary,) = [e for e in events if "held" in e]
+        self.assertEqual(summary["held"], {"completed": 7, "refused": 1})
+        self.assertEqual(summary["count"], 8)
+        self.assertEqual(self.server.stats.counters["outcome.completed"], 10)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_probe_logged_at_debug(self):
         """
         A client refusing the OACK (a size probe) is counted as a probe and

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from . import wire
 from .content import Request, error_for, normalize_path
+from .logbudget import LogBudget
 from .netascii import NetasciiResponseData
 from .options import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE, Limits, negotiate
 from .session import ReadSession, backoff_schedule
@@ -49,6 +50,7 @@ SETTING_BOUNDS = {
     "timeout": (float, 0.01, 255),
     "retries": (int, 0, 100),
     "rollover": (int, 0, 1),
+    "log_rate": (int, 0, 1_000_000),
 }
 
 
@@ -63,12 +65,16 @@ class Settings:
         does not negotiate one (RFC 2349).
     @ivar retries: retransmissions of the same packets before giving up.
     @ivar rollover: the block number after 65535 (0 or 1).
+    @ivar log_rate: at most this many transfer lines (finished transfers
+        and refused requests) are logged a second; the rest are summed up in
+        one line per second (see L{tftpd_tx.logbudget}).  C{0}: every line.
     """
 
     limits: Limits = field(default_factory=Limits)
     timeout: float = 1.0
     retries: int = 5
     rollover: int = 0
+    log_rate: int = 100
 
 
 class TFTPServer(DatagramProtocol):
@@ -117,6 +123,7 @@ class TFTPServer(DatagramProtocol):
         self._stopped = False
         self._malformed_quiet_until = 0.0
         self._malformed_unlogged = 0
+        self._log_budget = LogBudget(reactor, self._log_held_lines)
 
     # -- receiving ----------------------------------------------------------
 
@@ -286,12 +293,13 @@ class TFTPServer(DatagramProtocol):
     def _refuse(self, failure: Failure, request: Request) -> None:
         code, message, expected = error_for(failure.value)
         if expected:
-            self._log.info(
-                "Refused {path!r} for {peer}: {message}",
-                path=request.path,
-                peer=request.peer,
-                message=message,
-            )
+            if self._log_budget.allow(Outcome.REFUSED, self.settings.log_rate):
+                self._log.info(
+                    "Refused {path!r} for {peer}: {message}",
+                    path=request.path,
+                    peer=request.peer,
+                    message=message,
+                )
         else:
             self._log.failure(
                 "Handler failed on {path!r} for {peer}",
@@ -381,6 +389,8 @@ class TFTPServer(DatagramProtocol):
                 self._log.failure("Session callback failed")
 
     def _log_transfer(self, stats: SessionStats) -> None:
+        if not self._log_budget.allow(stats.outcome, self.settings.log_rate):
+            return
         level = self._log.debug if stats.outcome == Outcome.PROBE else self._log.info
         level(
             "{outcome}: {path!r} to {peer} from {local}, {bytes} bytes in {blocks} "
@@ -399,6 +409,16 @@ class TFTPServer(DatagramProtocol):
                 else ""
             ),
             session=stats,
+        )
+
+    def _log_held_lines(self, held, period: float) -> None:
+        self._log.info(
+            "{count} more transfer lines not logged in the last {period:g}s"
+            " ({kinds}); the counters have every transfer",
+            count=sum(held.values()),
+            period=period,
+            kinds=", ".join(f"{kind} {count}" for kind, count in sorted(held.items())),
+            held=dict(held),
         )
 
     def drain(self) -> None:
@@ -429,3 +449,4 @@ class TFTPServer(DatagramProtocol):
         self._stopped = True
         for session in list(self.sessions.values()):
             session.abort("Server shutting down")
+        self._log_budget.flush()

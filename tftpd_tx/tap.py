@@ -123,6 +123,15 @@ class Options(usage.Options):
             _setting("rollover"),
         ],
         [
+            "log-rate",
+            None,
+            100,
+            "Most transfer lines (finished transfers, refused requests) "
+            "logged a second; past it one line a second sums up the rest. "
+            "0: log every one.",
+            _setting("log_rate"),
+        ],
+        [
             "manhole",
             None,
             None,
@@ -294,6 +303,7 @@ def makeService(options: Options) -> MultiService:
         timeout=options["timeout"],
         retries=options["retries"],
         rollover=options["rollover"],
+        log_rate=options["log-rate"],
     )
     top = MultiService()
     handler = options["handler"] or FilesystemHandler(options["root"])
