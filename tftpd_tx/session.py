@@ -105,6 +105,7 @@ class ReadSession(DatagramProtocol):
         self._sent = 0
         self._eof = False
         self._reading: Deferred | None = None
+        self._send_many = None
         self._attempt = 0
         # One DelayedCall, moved as rarely as possible: progress only moves
         # _deadline, and the timer, when it fires early, sleeps the rest.
@@ -124,6 +125,9 @@ class ReadSession(DatagramProtocol):
     # -- the protocol -------------------------------------------------------
 
     def startProtocol(self) -> None:
+        # A transport that sends a window in one call (udp._TransferSocket)
+        # is used for windows; any other transport gets one write a packet.
+        self._send_many = getattr(self.transport, "send_datagrams", None)
         host = self.transport.getHost()
         now = self._clock.seconds()
         self.stats.local_addr = (host.host, host.port)
@@ -242,21 +246,32 @@ class ReadSession(DatagramProtocol):
         stats = self.stats
         if stats.first_data_time is None:
             stats.first_data_time = self._clock.seconds()
+        unsent = packets[self._sent :] if self._sent else packets
+        written = self._send(unsent)
+        stats.packets_sent += written
+        stats.blocks_sent += written
+        # Every block but the last of a transfer is full, and a packet the
+        # kernel refused (a full buffer) is the one to count as not sent.
+        stats.bytes_sent += sum(map(len, unsent[:written])) - 4 * written
+        self._sent = len(packets)
+
+    def _send(self, packets: list[bytes]) -> int:
+        """
+        Send DATA packets; return how many the kernel took.  A packet it
+        refuses (a full socket buffer) counts as lost, and the timer
+        recovers it as it recovers any loss.
+        """
+        if len(packets) > 1 and self._send_many is not None:
+            return self._send_many(packets, self.peer)
         write, peer = self.transport.write, self.peer
-        written = payload = 0
-        for packet in packets[self._sent :]:
+        written = 0
+        for packet in packets:
             try:
                 write(packet, peer)
             except OSError:
-                # A full socket buffer: the packet counts as lost, and the
-                # timer recovers it as it recovers any loss.
                 continue
             written += 1
-            payload += len(packet) - 4
-        stats.packets_sent += written
-        stats.blocks_sent += written
-        stats.bytes_sent += payload
-        self._sent = len(packets)
+        return written
 
     def _read_done(self, chunk: bytes, asked: int) -> None:
         self._reading = None
@@ -327,9 +342,9 @@ class ReadSession(DatagramProtocol):
             # Everything on the wire and not acknowledged goes again.  While
             # a read is pending there may be nothing to resend: the wait
             # still counts, so a read that never returns ends the session.
-            for packet in self._packets[: self._sent]:
-                self._write(packet)
-                self.stats.retransmits += 1
+            resent = self._send(self._packets[: self._sent])
+            self.stats.packets_sent += resent
+            self.stats.retransmits += resent
         self._arm(self._attempt, now)
 
     # -- everything else ----------------------------------------------------
