@@ -175,11 +175,13 @@ class FileResponseData:
 
     @param fd: an open file descriptor, owned from now on (closed by
         L{close}).
+    @param size: the file's size, when the caller has just learnt it from
+        C{fstat}; otherwise it is asked for here.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, size: int | None = None) -> None:
         self._fd = fd
-        self._size = os.fstat(fd).st_size
+        self._size = os.fstat(fd).st_size if size is None else size
         self._buffer = b""
         self._offset = 0
 
@@ -323,12 +325,12 @@ class FilesystemHandler:
             raise FileNotFound()
         fd = self._open(normalized)
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
+            status = os.fstat(fd)
+            if stat.S_ISDIR(status.st_mode):
                 raise FileNotFound("Is a directory")
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(status.st_mode):
                 raise AccessViolation("Not a regular file")
-            return FileResponseData(fd)
+            return FileResponseData(fd, status.st_size)
         except BaseException:
             os.close(fd)
             raise

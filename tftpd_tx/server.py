@@ -278,7 +278,7 @@ class TFTPServer(DatagramProtocol):
         except Exception:
             self._refuse(Failure(), request)
             return
-        if inspect.isawaitable(result) and not isinstance(result, Deferred):
+        if not isinstance(result, Deferred) and inspect.isawaitable(result):
             result = ensureDeferred(result)
         if isinstance(result, Deferred):
             result.addCallbacks(
@@ -336,8 +336,8 @@ class TFTPServer(DatagramProtocol):
             server_addr=request.local,
             file_path=request.path,
             mode=request.mode,
-            options_in=dict(request.options),
-            options_acked=dict(negotiated.oack or {}),
+            options_in=request.options,
+            options_acked=negotiated.oack or {},
             start_time=started,
             blksize=negotiated.blksize,
             windowsize=negotiated.windowsize,

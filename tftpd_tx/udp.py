@@ -326,9 +326,9 @@ class SessionMultiplexer:
         Stop watching a transfer socket; with none left, leave the reactor
         alone (a server at rest holds no reader but its own port).
         """
-        fd = transport.socket.fileno()
-        del self._sockets[fd]
-        self._poller.unregister(fd)
+        # Closing the socket, which follows, takes it out of the epoll set:
+        # no unregister call needed.
+        del self._sockets[transport.socket.fileno()]
         if not self._sockets and self._watched:
             self._reactor.removeReader(self)
             self._watched = False
