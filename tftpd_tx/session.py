@@ -15,6 +15,7 @@ or an ACK is matched, so rollover is one function and not a special case.
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Callable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -27,6 +28,12 @@ from .options import Negotiated
 from .stats import Outcome, SessionStats
 
 __all__ = ["backoff_schedule", "ReadSession"]
+
+# Wire constants of the per-packet path, bound once: an enum member lookup
+# on every ACK costs more than the comparison it serves.
+_ACK = int(wire.Opcode.ACK)
+_DATA = int(wire.Opcode.DATA)
+_data_header = struct.Struct("!HH").pack
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,7 +149,7 @@ class ReadSession(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr) -> None:
         if addr != self.peer:
             self._stray(datagram, addr)
-        elif len(datagram) == 4 and datagram[1] == wire.Opcode.ACK and not datagram[0]:
+        elif len(datagram) == 4 and datagram[1] == _ACK and not datagram[0]:
             self._ack((datagram[2] << 8) | datagram[3])
         elif datagram[:2] == b"\0\5":
             self._peer_error(datagram)
@@ -183,8 +190,45 @@ class ReadSession(DatagramProtocol):
         # after it, including blocks of the old window that were lost.
         self._sent = 0
         self._attempt = 0
-        self._advance()
-        self._arm(0, now)
+        if self._window == 1 and self._reading is None and not self._eof:
+            self._step(now)
+        else:
+            self._advance()
+            self._arm(0, now)
+
+    def _step(self, now: float) -> None:
+        """
+        One lock-step move, the path most blocks of most transfers take: read
+        the next block, send it, move the deadline.  It does what
+        L{_advance} and L{_arm} do for a window of one, without their
+        generality.
+        """
+        blksize = self._blksize
+        try:
+            chunk = self._response.read(blksize)
+        except Exception as exc:
+            self._content_failed(exc)
+            return
+        if type(chunk) is not bytes:
+            self._took(chunk, blksize)
+            self._arm(0, now)
+            return
+        self._eof = len(chunk) < blksize
+        packet = _data_header(_DATA, self._wire_block(self._acked + 1)) + chunk
+        self._packets.append(packet)
+        self._sent = 1
+        stats = self.stats
+        try:
+            self.transport.write(packet, self.peer)
+        except OSError:
+            pass  # A full buffer: a loss, which the timer recovers.
+        else:
+            stats.packets_sent += 1
+            stats.blocks_sent += 1
+            stats.bytes_sent += len(chunk)
+        deadline = self._deadline = now + self._schedule[0]
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(0, now)
 
     def _advance(self) -> None:
         """
@@ -204,11 +248,20 @@ class ReadSession(DatagramProtocol):
             except Exception as exc:
                 self._content_failed(exc)
                 return
-            if type(chunk) is not bytes and isinstance(chunk, Deferred):
-                self._reading = chunk
-                chunk.addCallbacks(self._read_done, self._read_failed, (asked,))
-            else:
-                self._add_blocks(chunk, asked)
+            self._took(chunk, asked)
+        else:
+            self._send_unsent()
+
+    def _took(self, chunk, asked: int) -> None:
+        """
+        Use what a C{read(asked)} returned: bytes become packets and are
+        sent; a L{Deferred} is waited for.
+        """
+        if type(chunk) is not bytes and isinstance(chunk, Deferred):
+            self._reading = chunk
+            chunk.addCallbacks(self._read_done, self._read_failed, (asked,))
+        else:
+            self._add_blocks(chunk, asked)
         self._send_unsent()
 
     def _add_blocks(self, chunk: bytes, asked: int) -> None:
@@ -221,7 +274,7 @@ class ReadSession(DatagramProtocol):
         end = len(chunk)
         if asked == blksize:
             # Lock-step: the chunk is the block, short if it is the last.
-            packets.append(header(self._wire_block(block + 1)) + chunk)
+            packets.append(header(self._wire_block(block + 1)) + bytes(chunk))
             self._eof = end < blksize
             return
         view = memoryview(chunk)
