@@ -140,6 +140,45 @@ class RealSocketTests(TestCase):
         self.assertEqual(len(self.service.server.sessions), 1)
 
     @defer.inlineCallbacks
+    def test_new_request_right_after_a_size_probe(self):
+        """
+        A PXE ROM ends its size probe with an ERROR to the transfer port and
+        asks again from the same port at once.  Even when the server reads
+        the new RRQ before the ERROR (they wait on different sockets), the
+        new request is served at once, not taken for a retransmission that
+        leaves the client to time out.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        server = self.service.server
+        request = wire.ReadRequest("file.bin", "octet", {"tsize": "0"}).encode()
+
+        def listener_reads_first(client):
+            client.send(wire.Error(8, "size probe done").encode())
+            server.datagramReceived(request, client.socket.getsockname(), "127.0.0.1")
+
+        def scenario():
+            client = self.client
+            client.send(request)
+            oack, probe_port = client.receive()
+            blockingCallFromThread(reactor, listener_reads_first, client)
+            client.tid = None
+            second, transfer_port = client.receive(timeout=0.5)
+            client.send(struct.pack("!HH", 4, 0), transfer_port)
+            data, _ = client.receive()
+            client.send(wire.Error(0, "enough").encode(), transfer_port)
+            return oack, probe_port, second, transfer_port, data
+
+        oack, probe_port, second, transfer_port, data = yield self.in_thread(scenario)
+        self.assertEqual(oack.options, {"tsize": str(len(self.content))})
+        self.assertEqual(second, oack)
+        self.assertNotEqual(transfer_port, probe_port)
+        self.assertEqual(data.payload, self.content[:BLOCK])
+        self.assertEqual(server.stats.counters["outcome.probe"], 1)
+        self.assertEqual(server.stats.counters["requests.duplicate"], 0)
+
+    @defer.inlineCallbacks
     def test_reply_comes_from_address_used(self):
         """
         On a wildcard listener, a request sent to 127.0.0.2 is answered by a

@@ -116,9 +116,10 @@ class TFTPServer(DatagramProtocol):
         self._open_transfer = session_opener(reactor)
         self._session_callback = session_callback
         self._session_ids = itertools.count(1)
-        # Peers with a request in progress (the handler is still working, or
-        # the transfer runs): a repeated RRQ from them is a retransmission.
-        self._busy_peers: set[tuple[str, int]] = set()
+        # Peers with a request in progress, and its transfer once it runs
+        # (None while the handler works): a repeated RRQ from them is a
+        # retransmission.
+        self._busy_peers: dict[tuple[str, int], ReadSession | None] = {}
         self.draining = False
         self._stopped = False
         self._malformed_quiet_until = 0.0
@@ -251,7 +252,7 @@ class TFTPServer(DatagramProtocol):
                 peer, local[0], wire.ErrorCode.ILLEGAL_OPERATION, "Unsupported transfer mode"
             )
             return
-        if peer in self._busy_peers:
+        if peer in self._busy_peers and not self._ended_meanwhile(peer):
             # Retransmitted RRQ: the client did not see our first answer yet.
             # The transfer (or the handler) already running will answer.
             stats.increment("requests.duplicate")
@@ -259,8 +260,25 @@ class TFTPServer(DatagramProtocol):
         if not self.allow_request(request):
             stats.increment("requests.denied")
             return
-        self._busy_peers.add(peer)
+        self._busy_peers[peer] = None
         self._ask_handler(request, self._reactor.seconds())
+
+    def _ended_meanwhile(self, peer) -> bool:
+        """
+        Whether the transfer of C{peer} ends once its socket is read.
+
+        A client that starts a new transfer from the port of the last one
+        (a PXE ROM ending its size probe with an ERROR and asking again, a
+        client reusing its port) sends the old transfer's last ACK or ERROR
+        microseconds before the new RRQ, and the two wait on different
+        sockets.  Reading the transfer's socket first tells a new request
+        from a retransmitted one, instead of leaving the client to time out.
+        """
+        session = self._busy_peers[peer]
+        read_waiting = getattr(session and session.transport, "read_waiting", None)
+        if read_waiting is not None:
+            read_waiting()
+        return peer not in self._busy_peers
 
     def allow_request(self, request: Request) -> bool:
         """
@@ -307,7 +325,7 @@ class TFTPServer(DatagramProtocol):
                 path=request.path,
                 peer=request.peer,
             )
-        self._busy_peers.discard(request.peer)
+        self._busy_peers.pop(request.peer, None)
         self.stats.increment("outcome." + Outcome.REFUSED)
         self.stats.increment(f"errors.{code}")
         self.reply_error(request.peer, request.local[0], code, message)
@@ -318,7 +336,7 @@ class TFTPServer(DatagramProtocol):
         if self._stopped:
             # A handler answered after the server stopped: no new port.
             self._close_quietly(response)
-            self._busy_peers.discard(request.peer)
+            self._busy_peers.pop(request.peer, None)
             self.reply_error(request.peer, request.local[0], 0, "Server shutting down")
             return
         settings = self.settings
@@ -357,6 +375,7 @@ class TFTPServer(DatagramProtocol):
         )
         session.session_id = next(self._session_ids)
         self.sessions[session.session_id] = session
+        self._busy_peers[request.peer] = session
         self.stats.session_started()
         try:
             self._open_transfer(session, request.local[0], SESSION_MAX_PACKET)
@@ -379,7 +398,7 @@ class TFTPServer(DatagramProtocol):
     def _session_ended(self, session: ReadSession) -> None:
         stats = session.stats
         self.sessions.pop(session.session_id, None)
-        self._busy_peers.discard(session.peer)
+        self._busy_peers.pop(session.peer, None)
         self.stats.session_ended(stats)
         self._log_transfer(stats)
         if self._session_callback is not None:

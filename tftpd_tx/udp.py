@@ -245,22 +245,34 @@ class _TransferSocket:
             return IPv6Address("UDP", host, port)
         return IPv4Address("UDP", host, port)
 
-    def read(self) -> None:
+    def read(self) -> bool:
         """
         Hand the protocol the next datagram, if there is one.
+
+        @return: whether there was one.
         """
         try:
             data, addr = self.socket.recvfrom(self._max_packet_size)
         except OSError:
             # Nothing there after all, or an ICMP error queued on the
             # socket (a client that went away): the timer deals with it.
-            return
+            return False
         try:
             self.protocol.datagramReceived(data, addr[:2] if self._trim else addr)
         except BaseException:
             self._multiplexer.log.failure(
                 "Unhandled error in {protocol}", protocol=self.protocol
             )
+        return True
+
+    def read_waiting(self, most: int = 16) -> None:
+        """
+        Hand the protocol the datagrams already waiting, up to C{most},
+        now rather than at the multiplexer's next round.
+        """
+        for _ in range(most):
+            if self.socket is None or not self.read():
+                return
 
     def stopListening(self) -> None:
         """
