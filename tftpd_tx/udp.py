@@ -89,6 +89,8 @@ class PacketInfoPort(udp.Port):
     """
     A listening UDP port whose protocol learns the destination address of
     every datagram: C{protocol.datagramReceived(data, peer, local_host)}.
+    On a port bound to one address, C{local_host} is L{None}: the port's own
+    address is the answer.
 
     Its protocol must accept that third argument; L{tftpd_tx.server.TFTPServer}
     does, and treats it as optional so that it also runs on an ordinary port.
@@ -96,26 +98,36 @@ class PacketInfoPort(udp.Port):
 
     _log = Logger()
 
+    @property
+    def _wildcard(self) -> bool:
+        """
+        Whether this port listens on every address, so that only the kernel
+        can tell which one a datagram was sent to.  On one address, that
+        address is the answer and C{recvfrom} suffices.
+        """
+        return self.interface in ("", "::", "0.0.0.0")
+
     def createInternetSocket(self):
         skt = super().createInternetSocket()
         if self.addressFamily == socket.AF_INET6:
             if self.interface in ("::", ""):
                 skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        else:
+            if self._wildcard:
+                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        elif self._wildcard:
             skt.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         return skt
 
     def doRead(self):
         """
-        Read what is waiting, as L{udp.Port.doRead} does, with C{recvmsg}.
+        Read what is waiting, as L{udp.Port.doRead} does, with C{recvmsg}
+        where the destination address must come from the kernel.
         """
+        receive = self._receive_with_destination if self._wildcard else self._receive
         read = 0
         while read < self.maxThroughput:
             try:
-                data, ancillary, _, addr = self.socket.recvmsg(
-                    self.maxPacketSize, _ANCILLARY_SPACE
-                )
+                data, addr, local = receive()
             except OSError as reason:
                 # Nothing waiting, or an ICMP error queued on the socket by
                 # an earlier reply: either way, nothing to read now.
@@ -124,11 +136,19 @@ class PacketInfoPort(udp.Port):
                 raise
             read += len(data)
             try:
-                self.protocol.datagramReceived(
-                    data, plain_address(addr), self._destination(ancillary)
-                )
+                self.protocol.datagramReceived(data, plain_address(addr), local)
             except BaseException:
                 self._log.failure("Unhandled error in {protocol}", protocol=self.protocol)
+
+    def _receive(self):
+        data, addr = self.socket.recvfrom(self.maxPacketSize)
+        return data, addr, None
+
+    def _receive_with_destination(self):
+        data, ancillary, _, addr = self.socket.recvmsg(
+            self.maxPacketSize, _ANCILLARY_SPACE
+        )
+        return data, addr, self._destination(ancillary)
 
     def _destination(self, ancillary) -> str | None:
         for level, kind, payload in ancillary:
