@@ -15,9 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from tftpd_tx import content as content_module
 from tftpd_tx.content import (
-    READ_AHEAD,
     AccessViolation,
     BytesResponseData,
     FileNotFound,
@@ -456,41 +454,20 @@ class FileResponseDataTests(SynchronousTestCase):
 
     def test_reads_of_any_size_reproduce_the_file(self):
         """
-        Reads of sizes that do not divide the read-ahead, one larger than
-        it, and one after the end, return the file in order and then
-        nothing.
+        Reads of mixed sizes, as a transfer that reads ahead makes them,
+        return the file in order and then nothing.
         """
-        content = os.urandom(3 * READ_AHEAD + 77)
+        content = os.urandom(3 * 16384 + 77)
         write(self.path, content)
         fd, response = self.open()
         self.addCleanup(response.close)
-        sizes = [1468] * 20 + [READ_AHEAD + 5] + [1468] * 30
+        sizes = [1468] * 20 + [16384 + 5] + [1468] * 30
         expected, offset = [], 0
         for n in sizes:
             expected.append(content[offset : offset + n])
             offset += n
         assert [response.read(n) for n in sizes] == expected
         assert response.read(512) == b""
-
-    def test_small_reads_share_a_system_call(self):
-        """
-        A lock-step transfer at blksize 512 reads the descriptor once per
-        L{READ_AHEAD} bytes, not once per block.
-        """
-        write(self.path, os.urandom(4 * READ_AHEAD))
-        calls = []
-        real_read = os.read
-
-        def counting_read(fd, n):
-            calls.append(n)
-            return real_read(fd, n)
-
-        fd, response = self.open()
-        self.addCleanup(response.close)
-        self.patch(content_module.os, "read", counting_read)
-        blocks = [response.read(512) for _ in range(4 * READ_AHEAD // 512)]
-        assert all(len(block) == 512 for block in blocks)
-        assert calls == [READ_AHEAD] * 4
 
     def test_size(self):
         """

@@ -4,6 +4,7 @@ The transfer state machine, driven by a fake clock and fake UDP ports.
 
 from __future__ import annotations
 
+import os
 import struct
 
 from twisted.internet.defer import Deferred, succeed
@@ -12,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tftpd_tx import wire
 from tftpd_tx.content import BytesResponseData, FileNotFound
 from tftpd_tx.options import Negotiated
-from tftpd_tx.session import ReadSession, backoff_schedule
+from tftpd_tx.session import READ_AHEAD, READ_AHEAD_INTERVAL, ReadSession, backoff_schedule
 from tftpd_tx.stats import Outcome, SessionStats
 from tftpd_tx.testing import FakeUDPReactor
 
@@ -239,6 +240,82 @@ class RetransmitTests(SessionMixin, SynchronousTestCase):
         self.reactor.advance(2)
         self.assertEqual(port.take(), [])
         self.assertFinished(port, Outcome.TIMEOUT)
+
+
+class ReadingResponse(RecordingResponse):
+    """
+    Bytes that remember the size of every read.
+    """
+
+    def __init__(self, content):
+        super().__init__(content)
+        self.reads = []
+
+    def read(self, n):
+        self.reads.append(n)
+        return super().read(n)
+
+
+class ReadAheadTests(SessionMixin, SynchronousTestCase):
+    """
+    A transfer whose client answers fast reads L{READ_AHEAD} bytes at a
+    time; a slow one reads only what its window needs.
+    """
+
+    def transfer(self, content, negotiated, interval):
+        """
+        Acknowledge every window C{interval} seconds after it was sent, and
+        return the payloads received.
+        """
+        port = self.port = self.start(response=ReadingResponse(content), negotiated=negotiated)
+        received = []
+        while not self.session.ended:
+            packets = port.take()
+            received += [packet[4:] for packet in packets]
+            self.reactor.advance(interval)
+            port.deliver(ack(len(received) & 0xFFFF), PEER)
+        return received
+
+    def test_fast_lock_step_reads_ahead(self):
+        """
+        ACKs within L{READ_AHEAD_INTERVAL}: after the first block, reads
+        ask for L{READ_AHEAD} bytes, yet one block at a time goes out.
+        """
+        content = os.urandom(4 * READ_AHEAD)
+        received = self.transfer(content, Negotiated(blksize=512), 0.0001)
+        assert b"".join(received) == content
+        assert all(len(payload) == 512 for payload in received[:-1])
+        # 512 + 3 * READ_AHEAD, then a short read: the end.
+        assert self.response.reads == [512] + [READ_AHEAD] * 4
+        self.assertFinished(self.port, Outcome.COMPLETED)
+
+    def test_slow_lock_step_reads_a_block_at_a_time(self):
+        """
+        ACKs slower than L{READ_AHEAD_INTERVAL}: every read is one block,
+        so a waiting transfer holds no more than its window.
+        """
+        content = os.urandom(20 * 512 + 7)
+        received = self.transfer(content, Negotiated(blksize=512), 5 * READ_AHEAD_INTERVAL)
+        assert b"".join(received) == content
+        assert set(self.response.reads) == {512}
+
+    def test_fast_windows_send_a_window_at_a_time(self):
+        """
+        With a window of 4 blocks, blocks read ahead wait for their window:
+        each ACK of a window brings exactly the next 4 blocks.
+        """
+        content = os.urandom(40 * 512)
+        port = self.start(
+            response=ReadingResponse(content), negotiated=Negotiated(blksize=512, windowsize=4)
+        )
+        windows = [port.take()]
+        for block in range(4, 41, 4):
+            port.deliver(ack(block), PEER)
+            windows.append(port.take())
+        assert [len(window) for window in windows] == [4] * 10 + [1]
+        payloads = [packet[4:] for window in windows for packet in window]
+        assert b"".join(payloads) == content
+        assert self.response.reads[:2] == [4 * 512, READ_AHEAD]
 
 
 class WindowTests(SessionMixin, SynchronousTestCase):

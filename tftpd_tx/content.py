@@ -161,17 +161,12 @@ def error_for(exception: BaseException) -> tuple[int, str, bool]:
     return ErrorCode.NOT_DEFINED, "Internal server error", False
 
 
-#: Bytes read from a file at a time when a transfer asks for less: a
-#: lock-step transfer at blksize 512 then costs one C{read} system call per
-#: 32 blocks instead of one per block, for 16 KiB held per transfer.
-READ_AHEAD = 16 * 1024
-
-
 @implementer(IResponseData)
 class FileResponseData:
     """
-    Serve an open file, read from its descriptor L{READ_AHEAD} bytes at a
-    time (or more, when more is asked for at once).
+    Serve an open file, read from its descriptor as the transfer asks (a
+    fast transfer asks for many blocks at once: see
+    L{tftpd_tx.session.READ_AHEAD}).
 
     @param fd: an open file descriptor, owned from now on (closed by
         L{close}).
@@ -182,32 +177,14 @@ class FileResponseData:
     def __init__(self, fd: int, size: int | None = None) -> None:
         self._fd = fd
         self._size = os.fstat(fd).st_size if size is None else size
-        self._buffer = b""
-        self._offset = 0
 
     def read(self, n: int) -> bytes:
-        buffer, offset = self._buffer, self._offset
-        end = offset + n
-        if end <= len(buffer):
-            self._offset = end
-            return buffer[offset:end]
-        rest = buffer[offset:]
-        wanted = n - len(rest)
-        chunk = os.read(self._fd, max(wanted, READ_AHEAD))
-        if rest:
-            chunk = rest + chunk
-        if len(chunk) <= n:
-            # Everything read goes out now: nothing to keep.
-            self._buffer, self._offset = b"", 0
-            return chunk
-        self._buffer, self._offset = chunk, n
-        return chunk[:n]
+        return os.read(self._fd, n)
 
     def size(self) -> int:
         return self._size
 
     def close(self) -> None:
-        self._buffer = b""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
