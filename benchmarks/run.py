@@ -38,11 +38,16 @@ TOP = os.path.dirname(HERE)
 SOURCE = os.path.join(HERE, "tftpbench.c")
 BINARY = os.path.join(HERE, "build", "tftpbench")
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-TX, HPA = "tftpd_tx", "hpa"
+TX, HPA, FLOOR = "tftpd_tx", "hpa", "floor"
+#: The scenarios the floor server (floor.py: one lock-step transfer at a
+#: time) takes part in.
+FLOOR_SCENARIOS = ("a512", "a1468")
 #: A run that has not finished by then has failed; tftpbench stops itself first.
 CLIENT_MAX_TIME = 120
 #: tftpd_tx's line per transfer: "... [tftpd_tx.server.TFTPServer#info] completed: ... N retransmits".
 TRANSFER_LINE = re.compile(r"#\w+\] (\w+): .* (\d+) retransmits, ")
+#: Its line for the transfer lines held back by --log-rate.
+HELD_LINES = re.compile(r"\d+ more transfer lines not logged in the last [\d.]+s \(([^)]*)\)")
 
 
 @dataclass
@@ -207,10 +212,11 @@ class Server:
             self.group.remove()
 
 
-def start_servers(root: str, log: str, servers: list[Server]) -> str | None:
+def start_servers(root: str, log: str, servers: list[Server], floor: bool) -> str | None:
     """
-    Start tftpd_tx and, when possible, tftpd-hpa, adding each to servers as
-    soon as it runs; return why hpa is absent, or None.
+    Start tftpd_tx, the floor server if asked, and, when possible, tftpd-hpa,
+    adding each to servers as soon as it runs; return why hpa is absent, or
+    None.
     """
     servers.append(Server(
         TX,
@@ -221,6 +227,13 @@ def start_servers(root: str, log: str, servers: list[Server]) -> str | None:
         cwd=os.path.dirname(root),
         env=dict(os.environ, PYTHONPATH=TOP),
     ))
+    if floor:
+        servers.append(Server(
+            FLOOR,
+            [sys.executable, os.path.join(HERE, "floor.py"), str(port := free_port()), root],
+            port,
+            forks=False,
+        ))
     hpa = shutil.which("in.tftpd")
     if hpa is None:
         return "in.tftpd is not installed"
@@ -365,7 +378,7 @@ def table(results: dict[str, dict[str, list[dict]]], plan: dict[str, Scenario],
         medians = [fmt(median_of([figure(r, unit) for r in runs[label]])) for label in labels]
         failed = " / ".join(str(sum(r["failed"] for r in runs[label])) for label in labels)
         resent = " / ".join(
-            "n/a" if runs[label][0]["retransmits"] is None
+            "n/a" if not runs[label] or runs[label][0]["retransmits"] is None
             else str(sum(r["retransmits"] for r in runs[label])) for label in labels)
         lines.append(
             f"| {name} | {plan[name].what} | {unit} | {' | '.join(medians)} | "
@@ -395,11 +408,15 @@ def log_summary(path: str) -> str:
             if match := TRANSFER_LINE.search(line):
                 outcomes[match[1]] = outcomes.get(match[1], 0) + 1
                 retransmits += int(match[2])
+            elif match := HELD_LINES.search(line):
+                for kind_count in match[1].split(", "):
+                    kind, count = kind_count.rsplit(" ", 1)
+                    outcomes[kind] = outcomes.get(kind, 0) + int(count)
             elif re.search(r"#(warn|error|critical)\] ", line):
                 problems += 1
     counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
-    return (f"transfers {counts or 'none'}; server retransmits {retransmits}; "
-            f"warnings and errors {problems}")
+    return (f"transfers {counts or 'none'}; server retransmits {retransmits} (in the "
+            f"transfer lines logged: see --log-rate); warnings and errors {problems}")
 
 
 def main() -> None:
@@ -410,6 +427,9 @@ def main() -> None:
                              f"(default {DEFAULT_SCENARIOS})")
     parser.add_argument("--quick", action="store_true",
                         help="small files, b for 1 s, 1 repetition: checks that it all works")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run floor.py, the least a Python server can do per "
+                             f"block, in {' and '.join(FLOOR_SCENARIOS)}")
     args = parser.parse_args()
     plan = scenarios(args.quick)
     chosen = args.scenarios.split(",")
@@ -437,7 +457,7 @@ def main() -> None:
                 f.write(os.urandom(size))
         servers: list[Server] = []
         try:
-            missing = start_servers(root, os.path.join(work, "twistd.log"), servers)
+            missing = start_servers(root, os.path.join(work, "twistd.log"), servers, args.floor)
             for server in servers:
                 wait_ready(server, root)
             results = {name: {server.label: [] for server in servers} for name in chosen}
@@ -446,6 +466,8 @@ def main() -> None:
                     # Alternate which server goes first, so neither always meets
                     # the machine in the same state.
                     for server in servers[rep % len(servers):] + servers[:rep % len(servers)]:
+                        if server.label == FLOOR and name not in FLOOR_SCENARIOS:
+                            continue
                         result = run_one(plan[name], server, root, cpus)
                         results[name][server.label].append(result)
                         print(f"rep {rep + 1}/{reps} {name:9s} {server.label:8s} "
