@@ -179,6 +179,46 @@ class RealSocketTests(TestCase):
         self.assertEqual(server.stats.counters["requests.duplicate"], 0)
 
     @defer.inlineCallbacks
+    def test_lone_fast_transfer_leaves_room_for_new_requests(self):
+        """
+        A lone transfer whose client answers at once is served by waiting on
+        its socket rather than in the reactor; a request from another client
+        in the middle of it is still answered while it runs, not after it.
+        """
+        big = os.urandom(BLOCK * 4000)
+        with open(os.path.join(self.root, "big.bin"), "wb") as f:
+            f.write(big)
+
+        def scenario():
+            client, other = self.client, RawClient(self.address)
+            try:
+                client.send(wire.ReadRequest("big.bin", "octet").encode())
+                received, answered_at = [], None
+                while True:
+                    packet, _ = client.receive()
+                    received.append(packet.payload)
+                    if len(received) == 100:
+                        other.send(wire.ReadRequest("file.bin", "octet").encode())
+                        other.socket.setblocking(False)
+                    if answered_at is None and len(received) > 100:
+                        try:
+                            other.socket.recvfrom(2048)
+                        except BlockingIOError:
+                            pass
+                        else:
+                            answered_at = len(received)
+                    client.send(struct.pack("!HH", 4, packet.block))
+                    if len(packet.payload) < BLOCK:
+                        return b"".join(received), answered_at
+            finally:
+                other.close()
+
+        data, answered_at = yield self.in_thread(scenario)
+        self.assertEqual(data, big)
+        self.assertIsNotNone(answered_at, "the other client waited for the whole transfer")
+        self.assertLess(answered_at, 3000)
+
+    @defer.inlineCallbacks
     def test_reply_comes_from_address_used(self):
         """
         On a wildcard listener, a request sent to 127.0.0.2 is answered by a

@@ -38,9 +38,9 @@ class _WatchedSocket:
             raise OSError(errno.EINVAL, "Invalid argument")
         return self._real.sendmsg(buffers, ancillary, flags, address)
 
-    def sendto(self, datagram, address):
+    def sendto(self, datagram, *flags_and_address):
         self.calls.append("sendto")
-        return self._real.sendto(datagram, address)
+        return self._real.sendto(datagram, *flags_and_address)
 
     def __getattr__(self, name):
         return getattr(self._real, name)
