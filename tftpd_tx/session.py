@@ -292,12 +292,12 @@ class ReadSession(DatagramProtocol):
         Cut what a read returned into DATA packets.  A read shorter than
         asked is the end: its last block is short, empty if need be.
         """
-        packets, blksize, header = self._packets, self._blksize, wire.data_header
+        packets, blksize = self._packets, self._blksize
         block = self._acked + len(packets)
         end = len(chunk)
         if asked == blksize:
             # Lock-step: the chunk is the block, short if it is the last.
-            packets.append(header(self._wire_block(block + 1)) + bytes(chunk))
+            packets.append(_data_header(_DATA, self._wire_block(block + 1)) + bytes(chunk))
             self._eof = end < blksize
             return
         view = memoryview(chunk)
@@ -310,10 +310,12 @@ class ReadSession(DatagramProtocol):
             last = end
         for start in range(0, last, blksize):
             block += 1
-            packets.append(header(self._wire_block(block)) + view[start : start + blksize])
+            packets.append(
+                _data_header(_DATA, self._wire_block(block)) + view[start : start + blksize]
+            )
         if self._eof:
             block += 1
-            packets.append(header(self._wire_block(block)) + view[last:])
+            packets.append(_data_header(_DATA, self._wire_block(block)) + view[last:])
 
     def _send_unsent(self) -> None:
         packets = self._packets
