@@ -207,16 +207,16 @@ class _TransferSocket:
     session writes only to addresses its own socket produced, so there is
     nothing to check, and any error is the caller's to handle.
 
-    The socket is in blocking mode with a receive timeout of L{_LINGER}, so
-    that L{wait_and_read} can sleep in C{recvfrom} itself; every other call
-    passes C{MSG_DONTWAIT} and never blocks.
+    The socket is in blocking mode, so that L{wait_and_read} can sleep in
+    C{recvfrom} itself (with a receive timeout of L{_LINGER}, set the first
+    time it is needed: most transfers of a busy server never wait); every
+    other call passes C{MSG_DONTWAIT} and never blocks.
     """
 
     def __init__(self, multiplexer, protocol, interface: str, max_packet_size: int):
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _LINGER_TIMEOUT)
             self.socket.bind((interface, 0))
         except OSError as reason:
             self.socket.close()
@@ -227,6 +227,7 @@ class _TransferSocket:
         self._trim = family == socket.AF_INET6
         self._segmenting = _UDP_SEGMENT is not None
         self._sendto = self.socket.sendto
+        self._wait_bounded = False
 
     def write(self, datagram: bytes, addr) -> None:
         self._sendto(datagram, _DONTWAIT, addr)
@@ -307,6 +308,9 @@ class _TransferSocket:
 
         @return: whether one came.
         """
+        if not self._wait_bounded:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _LINGER_TIMEOUT)
+            self._wait_bounded = True
         return self.read(0)
 
     def read_waiting(self, most: int = 16) -> None:
