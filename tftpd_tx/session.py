@@ -297,7 +297,7 @@ class ReadSession(DatagramProtocol):
         end = len(chunk)
         if asked == blksize:
             # Lock-step: the chunk is the block, short if it is the last.
-            packets.append(_data_header(_DATA, self._wire_block(block + 1)) + bytes(chunk))
+            packets.append(_data_header(_DATA, self._wire_block(block + 1)) + chunk)
             self._eof = end < blksize
             return
         view = memoryview(chunk)

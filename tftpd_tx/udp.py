@@ -54,7 +54,7 @@ _ROUNDS_PER_WAKEUP = 64
 
 #: How long the multiplexer waits on the socket of a lone transfer for its
 #: next datagram, and how long it may keep the reactor waiting in all,
-#: before it gives the reactor back (see L{SessionMultiplexer.doRead}).
+#: before it gives the reactor back (see L{SessionMultiplexer._serve_alone}).
 _LINGER = 0.001
 _LINGER_BUDGET = 0.005
 _LINGER_TIMEOUT = struct.pack("@ll", 0, int(_LINGER * 1e6))
@@ -304,7 +304,7 @@ class _TransferSocket:
         """
         Wait up to L{_LINGER} for the next datagram and hand it to the
         protocol; the wait blocks the whole reactor (see
-        L{SessionMultiplexer.doRead} for when that is worth it).
+        L{SessionMultiplexer._serve_alone} for when that is worth it).
 
         @return: whether one came.
         """
@@ -427,6 +427,8 @@ class SessionMultiplexer:
         """
         if not transport.read():
             return
+        # Wall time, not the reactor's clock: this bounds real blocking
+        # system calls, which no fake clock can stand in for.
         give_back = time.monotonic() + _LINGER_BUDGET
         for _ in range(_ROUNDS_PER_WAKEUP):
             if (
