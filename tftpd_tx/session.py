@@ -327,7 +327,6 @@ class ReadSession(DatagramProtocol):
             stats.first_data_time = self._clock.seconds()
         unsent = packets[self._sent : window]
         written = self._send(unsent)
-        stats.packets_sent += written
         stats.blocks_sent += written
         # Every block but the last of a transfer is full, and a packet the
         # kernel refused (a full buffer) is the one to count as not sent.
@@ -336,21 +335,14 @@ class ReadSession(DatagramProtocol):
 
     def _send(self, packets: list[bytes]) -> int:
         """
-        Send DATA packets; return how many the kernel took.  A packet it
-        refuses (a full socket buffer) counts as lost, and the timer
-        recovers it as it recovers any loss.
+        Send DATA packets, counted in C{packets_sent}; return how many the
+        kernel took (see L{_write} for the ones it refuses).
         """
         if len(packets) > 1 and self._send_many is not None:
-            return self._send_many(packets, self.peer)
-        write, peer = self.transport.write, self.peer
-        written = 0
-        for packet in packets:
-            try:
-                write(packet, peer)
-            except OSError:
-                continue
-            written += 1
-        return written
+            written = self._send_many(packets, self.peer)
+            self.stats.packets_sent += written
+            return written
+        return sum(map(self._write, packets))
 
     def _read_done(self, chunk: bytes, asked: int) -> None:
         self._reading = None
@@ -421,9 +413,7 @@ class ReadSession(DatagramProtocol):
             # Everything on the wire and not acknowledged goes again.  While
             # a read is pending there may be nothing to resend: the wait
             # still counts, so a read that never returns ends the session.
-            resent = self._send(self._packets[: self._sent])
-            self.stats.packets_sent += resent
-            self.stats.retransmits += resent
+            self.stats.retransmits += self._send(self._packets[: self._sent])
         self._arm(self._attempt, now)
 
     # -- everything else ----------------------------------------------------
@@ -436,17 +426,20 @@ class ReadSession(DatagramProtocol):
             return block & 0xFFFF
         return (block - 1) % 0xFFFF + 1 if block else 0
 
-    def _write(self, packet: bytes, addr=None) -> None:
+    def _write(self, packet: bytes, addr=None) -> bool:
         """
-        Send a datagram; one the kernel refuses (a full buffer) counts as lost
-        and the timer recovers it, as for any other loss.
+        Send a datagram, counted in C{packets_sent}; one the kernel refuses
+        (a full buffer) counts as lost and the timer recovers it, as for any
+        other loss.
+
+        @return: whether the kernel took it.
         """
         try:
             self.transport.write(packet, addr or self.peer)
         except OSError:
-            pass
-        else:
-            self.stats.packets_sent += 1
+            return False
+        self.stats.packets_sent += 1
+        return True
 
     def _stray(self, datagram: bytes, addr) -> None:
         """
