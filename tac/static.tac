@@ -12,7 +12,7 @@ import os
 
 from twisted.application.service import Application
 
-from tftpd_tx.content import FilesystemHandler
+from tftpd_tx.filesystem import FilesystemHandler
 from tftpd_tx.service import TFTPService
 
 _here = os.path.dirname(os.path.abspath(__file__))

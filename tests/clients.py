@@ -33,7 +33,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
 from twisted.trial.unittest import SkipTest
 
-from tftpd_tx.content import FilesystemHandler
+from tftpd_tx.filesystem import FilesystemHandler
 from tftpd_tx.service import TFTPService
 
 #: The repository root, where C{tftpd_tx} and C{twisted/plugins} live.

@@ -19,14 +19,13 @@ from tftpd_tx.content import (
     AccessViolation,
     BytesResponseData,
     FileNotFound,
-    FileResponseData,
-    FilesystemHandler,
     IllegalOperation,
     Request,
     TFTPError,
     error_for,
     normalize_path,
 )
+from tftpd_tx.filesystem import FileResponseData, FilesystemHandler
 from tftpd_tx.wire import ErrorCode
 
 

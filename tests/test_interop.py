@@ -40,7 +40,7 @@ from clients import (
     start_server,
     tftp_hpa,
 )
-from tftpd_tx.server import Settings
+from tftpd_tx.settings import Settings
 
 #: A multiple of 512, 1468 and 8192 at once: at each of those block sizes
 #: the transfer ends with an empty DATA block.

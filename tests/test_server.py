@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tftpd_tx import wire
 from tftpd_tx.content import AccessViolation, BytesResponseData
 from tftpd_tx.options import Limits
-from tftpd_tx.server import Settings, TFTPServer
+from tftpd_tx.server import TFTPServer
+from tftpd_tx.settings import Settings
 from tftpd_tx.stats import Outcome
 from tftpd_tx.testing import FakeUDPReactor, MemoryHandler
 

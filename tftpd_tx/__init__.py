@@ -11,7 +11,7 @@ Handlers
     L{IHandler}, L{Request}, L{FilesystemHandler}, L{Router},
     L{ThreadedHandler}.
 Responses
-    L{IResponseData}, L{FileResponseData}, L{BytesResponseData}.
+    L{IResponseData}, L{ResponseData} (a base class), L{FileResponseData}, L{BytesResponseData}.
 Refusals
     L{TFTPError}, L{FileNotFound}, L{AccessViolation}, L{IllegalOperation}.
 Statistics
@@ -24,17 +24,18 @@ from .content import (
     AccessViolation,
     BytesResponseData,
     FileNotFound,
-    FileResponseData,
-    FilesystemHandler,
     IHandler,
     IllegalOperation,
     IResponseData,
     Request,
+    ResponseData,
     TFTPError,
 )
+from .filesystem import FileResponseData, FilesystemHandler
 from .handlers import Router, ThreadedHandler
 from .options import Limits
-from .server import Settings, TFTPServer
+from .server import TFTPServer
+from .settings import Settings
 from .service import TFTPService
 from .stats import Outcome, ServerStats, SessionStats
 
@@ -49,6 +50,7 @@ __all__ = [
     "Router",
     "ThreadedHandler",
     "IResponseData",
+    "ResponseData",
     "FileResponseData",
     "BytesResponseData",
     "TFTPError",

@@ -62,7 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .options import Limits
-from .server import SETTING_BOUNDS
+from .settings import SETTING_BOUNDS
 
 __all__ = [
     "HOST_KEY_NAME",

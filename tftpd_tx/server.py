@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import DatagramProtocol
@@ -24,12 +23,13 @@ from . import wire
 from .content import Request, error_for, normalize_path
 from .logbudget import LogBudget
 from .netascii import NetasciiResponseData
-from .options import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE, Limits, negotiate
+from .options import negotiate
 from .session import ReadSession, backoff_schedule
+from .settings import Settings
 from .stats import Outcome, ServerStats, SessionStats
 from .udp import plain_address, session_opener
 
-__all__ = ["Settings", "SETTING_BOUNDS", "TFTPServer", "SESSION_MAX_PACKET"]
+__all__ = ["TFTPServer", "SESSION_MAX_PACKET"]
 
 #: Receive buffer of session ports: large enough for any TFTP datagram
 #: (blksize 65464 plus the 4-byte header), so nothing is ever truncated.
@@ -39,42 +39,6 @@ _MODES = frozenset({"octet", "netascii"})
 
 #: Seconds between two log lines about malformed datagrams.
 MALFORMED_LOG_INTERVAL = 10.0
-
-
-#: The type and range of each setting (of L{Settings} or of its L{Limits}),
-#: for everything that sets them: the command line and the manhole.
-SETTING_BOUNDS = {
-    "max_blksize": (int, MIN_BLKSIZE, MAX_BLKSIZE),
-    "max_windowsize": (int, 1, MAX_WINDOWSIZE),
-    "max_window_bytes": (int, MIN_BLKSIZE, 64 * 1024 * 1024),
-    "timeout": (float, 0.01, 255),
-    "retries": (int, 0, 100),
-    "rollover": (int, 0, 1),
-    "log_rate": (int, 0, 1_000_000),
-}
-
-
-@dataclass
-class Settings:
-    """
-    The server's tunables; new transfers read them when they start, so they
-    can be changed while the server runs.
-
-    @ivar limits: what clients may negotiate (L{tftpd_tx.options.Limits}).
-    @ivar timeout: the first retransmit wait, in seconds, when the client
-        does not negotiate one (RFC 2349).
-    @ivar retries: retransmissions of the same packets before giving up.
-    @ivar rollover: the block number after 65535 (0 or 1).
-    @ivar log_rate: at most this many transfer lines (finished transfers
-        and refused requests) are logged a second; the rest are summed up in
-        one line per second (see L{tftpd_tx.logbudget}).  C{0}: every line.
-    """
-
-    limits: Limits = field(default_factory=Limits)
-    timeout: float = 1.0
-    retries: int = 5
-    rollover: int = 0
-    log_rate: int = 100
 
 
 class TFTPServer(DatagramProtocol):
@@ -360,6 +324,8 @@ class TFTPServer(DatagramProtocol):
             blksize=negotiated.blksize,
             windowsize=negotiated.windowsize,
             size=size,
+            session_id=next(self._session_ids),
+            request=request,
         )
         session = ReadSession(
             clock=self._reactor,
@@ -373,7 +339,7 @@ class TFTPServer(DatagramProtocol):
             stats=stats,
             on_end=self._session_ended,
         )
-        session.session_id = next(self._session_ids)
+        session.session_id = stats.session_id
         self.sessions[session.session_id] = session
         self._busy_peers[request.peer] = session
         self.stats.session_started()

@@ -11,7 +11,8 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .server import SESSION_MAX_PACKET, Settings, TFTPServer
+from .server import SESSION_MAX_PACKET, TFTPServer
+from .settings import Settings
 from .stats import ServerStats
 from .udp import listen_server
 

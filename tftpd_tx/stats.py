@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from .content import Request
+
 __all__ = ["Outcome", "SessionStats", "ServerStats"]
 
 
@@ -43,7 +45,11 @@ class SessionStats:
     Times come from the session's clock (seconds, as C{IReactorTime.seconds}
     returns them).  The field names follow fbtftp's C{SessionStats} where it
     has one.  C{server_addr} is the address the request was sent to;
-    C{local_addr} is the transfer's own port (its TID).
+    C{local_addr} is the transfer's own port (its TID).  C{session_id} is
+    the transfer's number on its server (what the manhole's C{ls()} shows),
+    and C{request} the L{tftpd_tx.content.Request} it serves, so that a
+    session callback can tell which request a result belongs to without
+    keying anything by peer.
     """
 
     peer: tuple[str, int]
@@ -68,6 +74,8 @@ class SessionStats:
     outcome: str | None = None
     error_code: int | None = None
     error_message: str = ""
+    session_id: int | None = None
+    request: Request | None = None
 
     @property
     def duration(self) -> float | None:

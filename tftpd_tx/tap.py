@@ -13,9 +13,9 @@ import socket
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from .content import FilesystemHandler
+from .filesystem import FilesystemHandler
 from .options import MAX_BLKSIZE, Limits
-from .server import SETTING_BOUNDS, Settings
+from .settings import SETTING_BOUNDS, Settings
 from .service import TFTPService, listening_address
 
 
