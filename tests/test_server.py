@@ -74,6 +74,17 @@ class ReadRequestTests(ServerMixin, SynchronousTestCase):
         self.assertEqual(self.listener.sent, [])
         self.assertEqual(port.sent[0], (b"\0\3\0\1" + b"p" * 512, CLIENT))
 
+    def test_errors_leave_from_the_address_asked(self):
+        """
+        The listener's ERROR goes out through C{reply_from} with the address
+        the request was sent to as its source, so a client of a multi-homed
+        or anycast host accepts it.
+        """
+        self.request(rrq("missing"), local="192.0.2.9")
+        ((datagram, peer, source),) = self.listener.replies
+        self.assertEqual((peer, source), (CLIENT, "192.0.2.9"))
+        self.assertEqual(wire.decode(datagram).code, wire.ErrorCode.FILE_NOT_FOUND)
+
     def test_request_seen_by_handler(self):
         """
         The handler sees the peer, the local address, the path as sent and
@@ -242,6 +253,19 @@ class DuplicateRequestTests(ServerMixin, SynchronousTestCase):
         self.session_port().deliver(ack(1), CLIENT)
         self.request(rrq("small.cfg"))
         self.assertEqual(len(self.reactor.ports), 3)
+
+    def test_new_request_after_unread_last_ack(self):
+        """
+        A client that asks again from the port of a transfer whose last ACK
+        has arrived but not been read yet (the two wait on different ports)
+        gets a new transfer: the listener has the transfer catch up first.
+        """
+        self.request(rrq("small.cfg"))
+        self.session_port().arrive(ack(1), CLIENT)
+        self.request(rrq("small.cfg"))
+        self.assertEqual(len(self.reactor.ports), 3)
+        self.assertEqual(len(self.handler.requests), 2)
+        self.assertEqual(self.server.stats.counters["requests.duplicate"], 0)
 
     def test_repeat_while_handler_works(self):
         """

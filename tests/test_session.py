@@ -337,6 +337,34 @@ class WindowTests(SessionMixin, SynchronousTestCase):
         port.deliver(ack(9), PEER)
         self.assertFinished(port, Outcome.COMPLETED)
 
+    def test_window_leaves_in_one_send(self):
+        """
+        A window goes to the port in one C{send_window} call, as the real
+        transfer socket sends it in one system call; a window of one block
+        is one C{write}.
+        """
+        port = self.start(b"w" * 250, Negotiated(blksize=100, windowsize=2))
+        self.assertEqual(port.windows, [2])
+        port.take()
+        port.deliver(ack(2), PEER)
+        self.assertEqual(port.windows, [2])
+        self.assertEqual(port.take(), [data(3, b"w" * 50)])
+
+    def test_refused_block_counts_as_lost(self):
+        """
+        A block the kernel refuses (a full socket buffer) is not counted as
+        sent, and the timer sends it again.
+        """
+        port = self.start(b"w" * 250, Negotiated(blksize=100, windowsize=2))
+        port.take()
+        port.refuse = True
+        port.deliver(ack(2), PEER)
+        self.assertEqual(self.session.stats.packets_sent, 2)
+        port.refuse = False
+        self.reactor.advance(SCHEDULE[0])
+        self.assertEqual(port.take(), [data(3, b"w" * 50)])
+        self.assertEqual(self.session.stats.packets_sent, 3)
+
     def test_ack_inside_window_resumes_after_it(self):
         """
         An ACK for an earlier block of the window means the rest was lost:
@@ -464,6 +492,35 @@ class PeerTests(SessionMixin, SynchronousTestCase):
         port.take()
         port.deliver(ack(1), PEER)
         self.assertEqual(port.take(), [data(2, b"s" * 88)])
+
+    def test_stray_counts_in_no_figure_of_the_transfer(self):
+        """
+        The ERROR 5 sent to a stranger is not the transfer's packet: the
+        transfer's C{packets_sent} does not count it.
+        """
+        port = self.start(b"s" * 600)
+        before = self.session.stats.packets_sent
+        port.deliver(ack(1), (PEER[0], PEER[1] + 1))
+        self.assertEqual(self.session.stats.packets_sent, before)
+
+    def test_catch_up_reads_what_waits(self):
+        """
+        C{catch_up} hands the session what has arrived for it and says
+        whether it is still running: the last ACK waiting unread ends it.
+        """
+        port = self.start(b"s" * 100)
+        port.arrive(ack(1), PEER)
+        self.assertFalse(self.session.catch_up())
+        self.assertFinished(port, Outcome.COMPLETED)
+
+    def test_catch_up_with_nothing_waiting(self):
+        """
+        With nothing waiting, C{catch_up} changes nothing and the transfer
+        is still running.
+        """
+        port = self.start(b"s" * 100)
+        self.assertTrue(self.session.catch_up())
+        self.assertTrue(port.listening)
 
     def test_stray_error_not_answered(self):
         """

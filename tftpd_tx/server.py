@@ -25,15 +25,12 @@ from .logbudget import LogBudget
 from .netascii import NetasciiResponseData
 from .options import negotiate
 from .session import ReadSession, backoff_schedule
+from .requestport import plain_address
 from .settings import Settings
 from .stats import Outcome, ServerStats, SessionStats
-from .udp import plain_address, session_opener
+from .transport import IRequestPort, UDPNetwork
 
-__all__ = ["TFTPServer", "SESSION_MAX_PACKET"]
-
-#: Receive buffer of session ports: large enough for any TFTP datagram
-#: (blksize 65464 plus the 4-byte header), so nothing is ever truncated.
-SESSION_MAX_PACKET = 65536
+__all__ = ["TFTPServer"]
 
 _MODES = frozenset({"octet", "netascii"})
 
@@ -47,8 +44,12 @@ class TFTPServer(DatagramProtocol):
 
     @param handler: an L{tftpd_tx.content.IHandler}.
     @param settings: the L{Settings}; the defaults when omitted.
-    @param reactor: provides C{IReactorUDP} (for session ports) and
-        C{IReactorTime}; the global reactor when omitted.
+    @param reactor: the C{IReactorTime} of the timers; the global reactor
+        (or the network's) when omitted.
+    @param network: the L{tftpd_tx.transport.INetwork} that opens the
+        transfers' ports; when omitted, C{reactor.listenUDP}
+        (L{tftpd_tx.transport.UDPNetwork}).  L{tftpd_tx.service.TFTPService}
+        chooses the best one for its reactor.
     @param stats: the L{ServerStats} to count into.
     @param session_callback: called with the L{SessionStats} of every
         transfer when it ends.
@@ -69,15 +70,19 @@ class TFTPServer(DatagramProtocol):
         reactor=None,
         stats: ServerStats | None = None,
         session_callback=None,
+        network=None,
     ) -> None:
         if reactor is None:
-            from twisted.internet import reactor
+            if network is not None:
+                reactor = network.reactor
+            else:
+                from twisted.internet import reactor
         self.handler = handler
+        self.network = network if network is not None else UDPNetwork(reactor)
         self.settings = settings if settings is not None else Settings()
         self.stats = stats if stats is not None else ServerStats()
         self.sessions: dict[int, ReadSession] = {}
         self._reactor = reactor
-        self._open_transfer = session_opener(reactor)
         self._session_callback = session_callback
         self._session_ids = itertools.count(1)
         # Peers with a request in progress, and its transfer once it runs
@@ -97,7 +102,7 @@ class TFTPServer(DatagramProtocol):
         Handle one datagram sent to the server port.
 
         @param local: the address the datagram was sent to, when the port
-            knows it (L{tftpd_tx.udp.PacketInfoPort}); otherwise the port's
+            knows it (L{tftpd_tx.transport.IRequestPort}); otherwise the port's
             own address is used.
         """
         peer = plain_address(addr)
@@ -161,7 +166,8 @@ class TFTPServer(DatagramProtocol):
         self.reply_error(peer, local, error.code, "Malformed request")
 
     def startProtocol(self) -> None:
-        host = self.transport.getHost()
+        self._requests = IRequestPort(self.transport)
+        host = self._requests.getHost()
         self._listening_on = (host.host, host.port)
 
     def _local_address(self, local: str | None) -> tuple[str, int]:
@@ -173,15 +179,7 @@ class TFTPServer(DatagramProtocol):
         Answer a request with an ERROR from the server port, with the source
         address the request was sent to when the port can choose it.
         """
-        datagram = wire.Error(code, message).encode()
-        write_from = getattr(self.transport, "write_from", None)
-        try:
-            if write_from is not None:
-                write_from(datagram, peer, local)
-            else:
-                self.transport.write(datagram, peer)
-        except OSError:
-            pass
+        self._requests.reply_from(wire.Error(code, message).encode(), peer, local)
 
     # -- policy -------------------------------------------------------------
 
@@ -216,7 +214,7 @@ class TFTPServer(DatagramProtocol):
                 peer, local[0], wire.ErrorCode.ILLEGAL_OPERATION, "Unsupported transfer mode"
             )
             return
-        if peer in self._busy_peers and not self._ended_meanwhile(peer):
+        if self._is_retransmission(peer):
             # Retransmitted RRQ: the client did not see our first answer yet.
             # The transfer (or the handler) already running will answer.
             stats.increment("requests.duplicate")
@@ -227,22 +225,18 @@ class TFTPServer(DatagramProtocol):
         self._busy_peers[peer] = None
         self._ask_handler(request, self._reactor.seconds())
 
-    def _ended_meanwhile(self, peer) -> bool:
+    def _is_retransmission(self, peer) -> bool:
         """
-        Whether the transfer of C{peer} ends once its socket is read.
-
-        A client that starts a new transfer from the port of the last one
-        (a PXE ROM ending its size probe with an ERROR and asking again, a
-        client reusing its port) sends the old transfer's last ACK or ERROR
-        microseconds before the new RRQ, and the two wait on different
-        sockets.  Reading the transfer's socket first tells a new request
-        from a retransmitted one, instead of leaving the client to time out.
+        Whether a request from C{peer} repeats one already being served: its
+        handler is still at work, or its transfer is still running once it
+        has caught up with what the client sent it (see
+        L{ReadSession.catch_up}: a client that reuses its port ends its last
+        transfer just before it asks again).
         """
+        if peer not in self._busy_peers:
+            return False
         session = self._busy_peers[peer]
-        read_waiting = getattr(session and session.transport, "read_waiting", None)
-        if read_waiting is not None:
-            read_waiting()
-        return peer not in self._busy_peers
+        return session is None or session.catch_up()
 
     def allow_request(self, request: Request) -> bool:
         """
@@ -339,21 +333,19 @@ class TFTPServer(DatagramProtocol):
             stats=stats,
             on_end=self._session_ended,
         )
-        session.session_id = stats.session_id
-        self.sessions[session.session_id] = session
+        self.sessions[stats.session_id] = session
         self._busy_peers[request.peer] = session
         self.stats.session_started()
         try:
-            self._open_transfer(session, request.local[0], SESSION_MAX_PACKET)
+            self.network.open_transfer(session, request.local[0])
         except Exception:
             self._log.failure(
                 "Cannot open a transfer port for {peer} on {local}",
                 peer=request.peer,
                 local=request.local[0],
             )
-            stats.error_code, stats.error_message = 0, "Server cannot open a port"
+            session.not_started("Server cannot open a port")
             self.reply_error(request.peer, request.local[0], 0, stats.error_message)
-            session._end(Outcome.REFUSED)
 
     def _close_quietly(self, response) -> None:
         try:

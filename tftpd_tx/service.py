@@ -11,12 +11,13 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .server import SESSION_MAX_PACKET, TFTPServer
+from .multiplexer import EpollNetwork, epoll_available
+from .server import TFTPServer
 from .settings import Settings
 from .stats import ServerStats
-from .udp import listen_server
+from .transport import UDPNetwork
 
-__all__ = ["TFTPService", "ipv6_available", "listening_address"]
+__all__ = ["TFTPService", "default_network", "ipv6_available", "listening_address"]
 
 
 def ipv6_available() -> bool:
@@ -40,6 +41,21 @@ def listening_address(interface: str) -> str:
     return interface or ("::" if ipv6_available() else "0.0.0.0")
 
 
+def default_network(reactor, linger=lambda: 0.0):
+    """
+    The best L{tftpd_tx.transport.INetwork} for C{reactor}: the epoll
+    engine (a listener that answers from the address each request was sent
+    to, transfers on one reactor reader) where the reactor and platform
+    allow, else ports from C{reactor.listenUDP}.
+
+    @param linger: returns the C{linger} setting (see
+        L{tftpd_tx.multiplexer.SessionMultiplexer}).
+    """
+    if epoll_available(reactor):
+        return EpollNetwork(reactor, linger)
+    return UDPNetwork(reactor)
+
+
 class TFTPService(Service):
     """
     Listen for TFTP requests on one UDP address and serve them with a handler.
@@ -55,6 +71,8 @@ class TFTPService(Service):
         no IPv6).
     @param settings: the server's L{Settings}.
     @param reactor: the reactor; the global one when omitted.
+    @param network: the L{tftpd_tx.transport.INetwork} the ports come
+        from; L{default_network} when omitted.
     @param session_callback: see L{TFTPServer}.
     @param stats_callback: called with the L{ServerStats} every
         C{stats_interval} seconds while the service runs (it may call
@@ -80,6 +98,7 @@ class TFTPService(Service):
         session_callback=None,
         stats_callback=None,
         stats_interval: float = 60.0,
+        network=None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -89,22 +108,21 @@ class TFTPService(Service):
         self._stats_loop = None
         self._port_number = port
         self._interface = listening_address(interface)
+        if network is None:
+            network = default_network(reactor, lambda: self.server.settings.linger)
         self.server = TFTPServer(
             handler,
             settings,
             reactor=reactor,
             stats=stats,
             session_callback=session_callback,
+            network=network,
         )
         self.port = None
 
     def privilegedStartService(self) -> None:
-        self.port = listen_server(
-            self._reactor,
-            self._port_number,
-            self.server,
-            self._interface,
-            SESSION_MAX_PACKET,
+        self.port = self.server.network.listen(
+            self._port_number, self.server, self._interface
         )
         host = self.port.getHost()
         self._log.info(

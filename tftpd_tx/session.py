@@ -1,11 +1,13 @@
 """
-One read transfer: a state machine on its own UDP port.
+One read transfer: a state machine on its own port.
 
-A L{ReadSession} is the protocol of the port that is the transfer's TID.  It
-sends an OACK or the first window, then moves forward on ACKs and backward
-only on its timer.  Its only clock is the injected C{IReactorTime}; its only
-output is C{transport.write}.  Tests drive it with L{twisted.internet.task.Clock}
-and a fake transport.
+A L{ReadSession} is the protocol of the port that is the transfer's TID (an
+L{tftpd_tx.transport.ITransferPort}).  It sends an OACK or the first window,
+then moves forward on ACKs and backward only on its timer.  Its only clock
+is the injected C{IReactorTime}; its only output is its port's C{write} (one
+datagram) and C{send_window} (several).  Tests drive it with
+L{twisted.internet.task.Clock} and the fake ports of L{tftpd_tx.testing},
+which implement the same contract as the real ones.
 
 Block numbers: the session counts blocks with unbounded integers (block 0 is
 the OACK) and maps them to the 16-bit wire number only when a packet is built
@@ -15,7 +17,6 @@ or an ACK is matched, so rollover is one function and not a special case.
 from __future__ import annotations
 
 import functools
-import struct
 from typing import Callable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -26,14 +27,14 @@ from . import wire
 from .content import error_for
 from .options import Negotiated
 from .stats import Outcome, SessionStats
+from .transport import ITransferPort
 
 __all__ = ["backoff_schedule", "ReadSession"]
 
-# Wire constants of the per-packet path, bound once: an enum member lookup
-# on every ACK costs more than the comparison it serves.
-_ACK = int(wire.Opcode.ACK)
-_DATA = int(wire.Opcode.DATA)
-_data_header = struct.Struct("!HH").pack
+_ack_block = wire.ack_block
+_is_error = wire.is_error
+_data_header = wire.data_header
+_UNKNOWN_TID = wire.Error(wire.ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode()
 
 #: Bytes a fast transfer reads at a time (see L{ReadSession}): at blksize
 #: 512 one read, and one system call for a file, per 32 blocks.
@@ -131,7 +132,7 @@ class ReadSession(DatagramProtocol):
         self._sent = 0
         self._eof = False
         self._reading: Deferred | None = None
-        self._send_many = None
+        self._port = None
         self._attempt = 0
         # One DelayedCall, moved as rarely as possible: progress only moves
         # _deadline, and the timer, when it fires early, sleeps the rest.
@@ -139,6 +140,13 @@ class ReadSession(DatagramProtocol):
         self._timer_at = 0.0
         self._deadline = 0.0
         self.ended = False
+
+    @property
+    def session_id(self) -> int | None:
+        """
+        The transfer's number on its server (from its L{SessionStats}).
+        """
+        return self.stats.session_id
 
     @property
     def blocks_acknowledged(self) -> int:
@@ -151,16 +159,14 @@ class ReadSession(DatagramProtocol):
     # -- the protocol -------------------------------------------------------
 
     def startProtocol(self) -> None:
-        # A transport that sends a window in one call (udp._TransferSocket)
-        # is used for windows; any other transport gets one write a packet.
-        self._send_many = getattr(self.transport, "send_datagrams", None)
-        host = self.transport.getHost()
+        port = self._port = ITransferPort(self.transport)
+        host = port.getHost()
         now = self._last_progress = self._clock.seconds()
         self.stats.local_addr = (host.host, host.port)
         self.stats.start_time = self.stats.start_time or now
         if self._oack is not None:
             self.stats.first_data_time = now
-            self._write(self._oack)
+            self._send([self._oack])
         else:
             self._advance()
         self._arm(0, now)
@@ -168,12 +174,31 @@ class ReadSession(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr) -> None:
         if addr != self.peer:
             self._stray(datagram, addr)
-        elif len(datagram) == 4 and datagram[1] == _ACK and not datagram[0]:
-            self._ack((datagram[2] << 8) | datagram[3])
-        elif datagram[:2] == b"\0\5":
+            return
+        number = _ack_block(datagram)
+        if number is not None:
+            self._ack(number)
+        elif _is_error(datagram):
             self._peer_error(datagram)
         # Anything else from the peer (a repeated RRQ, a malformed ACK) is
         # noise that must not disturb the transfer: ignore it.
+
+    def catch_up(self) -> bool:
+        """
+        Handle the datagrams that have already arrived for this transfer,
+        now rather than when the reactor next looks, and tell whether it is
+        still running.
+
+        The listener asks this of the transfer of a peer that sends a new
+        request: a client that starts again from the port of its last
+        transfer (a PXE ROM ending its size probe with an ERROR) sends that
+        transfer's last ACK or ERROR just before the new RRQ, and the two
+        wait on different sockets.  A transfer that ends here makes the
+        request a new one, not a retransmission.
+        """
+        if not self.ended and self._port is not None:
+            self._port.read_pending()
+        return not self.ended
 
     # -- moving forward -----------------------------------------------------
 
@@ -211,46 +236,8 @@ class ReadSession(DatagramProtocol):
         # after it, including blocks of the old window that were lost.
         self._sent = 0
         self._attempt = 0
-        if self._window == 1 and self._reading is None:
-            self._step(now, fast)
-        else:
-            self._advance(fast)
-            self._arm(0, now)
-
-    def _step(self, now: float, fast: bool) -> None:
-        """
-        One lock-step move, the path most blocks of most transfers take:
-        take the next block (read ahead, or read now), send it, move the
-        deadline.  It does what L{_advance} and L{_arm} do for a window of
-        one, without their generality.
-        """
-        packets = self._packets
-        if not packets:
-            asked = self._blksize * (1 + self._ahead if fast else 1)
-            try:
-                chunk = self._response.read(asked)
-            except Exception as exc:
-                self._content_failed(exc)
-                return
-            if type(chunk) is not bytes:
-                self._took(chunk, asked)
-                self._arm(0, now)
-                return
-            self._add_blocks(chunk, asked)
-        packet = packets[0]
-        self._sent = 1
-        stats = self.stats
-        try:
-            self.transport.write(packet, self.peer)
-        except OSError:
-            pass  # A full buffer: a loss, which the timer recovers.
-        else:
-            stats.packets_sent += 1
-            stats.blocks_sent += 1
-            stats.bytes_sent += len(packet) - 4
-        deadline = self._deadline = now + self._schedule[0]
-        if self._timer is None or self._timer_at > deadline:
-            self._arm(0, now)
+        self._advance(fast)
+        self._arm(0, now)
 
     def _advance(self, fast: bool = False) -> None:
         """
@@ -271,20 +258,12 @@ class ReadSession(DatagramProtocol):
             except Exception as exc:
                 self._content_failed(exc)
                 return
-            self._took(chunk, asked)
-        else:
-            self._send_unsent()
-
-    def _took(self, chunk, asked: int) -> None:
-        """
-        Use what a C{read(asked)} returned: bytes become packets and are
-        sent; a L{Deferred} is waited for.
-        """
-        if type(chunk) is not bytes and isinstance(chunk, Deferred):
-            self._reading = chunk
-            chunk.addCallbacks(self._read_done, self._read_failed, (asked,))
-        else:
-            self._add_blocks(chunk, asked)
+            if type(chunk) is not bytes and isinstance(chunk, Deferred):
+                # What the window holds already goes; the rest when it fires.
+                self._reading = chunk
+                chunk.addCallbacks(self._read_done, self._read_failed, (asked,))
+            else:
+                self._add_blocks(chunk, asked)
         self._send_unsent()
 
     def _add_blocks(self, chunk: bytes, asked: int) -> None:
@@ -297,7 +276,7 @@ class ReadSession(DatagramProtocol):
         end = len(chunk)
         if asked == blksize:
             # Lock-step: the chunk is the block, short if it is the last.
-            packets.append(_data_header(_DATA, self._wire_block(block + 1)) + chunk)
+            packets.append(_data_header(self._wire_block(block + 1)) + chunk)
             self._eof = end < blksize
             return
         view = memoryview(chunk)
@@ -311,13 +290,16 @@ class ReadSession(DatagramProtocol):
         for start in range(0, last, blksize):
             block += 1
             packets.append(
-                _data_header(_DATA, self._wire_block(block)) + view[start : start + blksize]
+                _data_header(self._wire_block(block)) + view[start : start + blksize]
             )
         if self._eof:
             block += 1
-            packets.append(_data_header(_DATA, self._wire_block(block)) + view[last:])
+            packets.append(_data_header(self._wire_block(block)) + view[last:])
 
     def _send_unsent(self) -> None:
+        """
+        Send the blocks of the window that are not on the wire yet.
+        """
         packets = self._packets
         window = min(self._window, len(packets))
         if self._sent == window:
@@ -335,14 +317,22 @@ class ReadSession(DatagramProtocol):
 
     def _send(self, packets: list[bytes]) -> int:
         """
-        Send DATA packets, counted in C{packets_sent}; return how many the
-        kernel took (see L{_write} for the ones it refuses).
+        Send packets to the peer: the one place that counts
+        C{packets_sent}.  A packet the kernel refuses (a full buffer) counts
+        as lost, and the timer recovers it as any other loss.
+
+        @return: how many the kernel took.
         """
-        if len(packets) > 1 and self._send_many is not None:
-            written = self._send_many(packets, self.peer)
-            self.stats.packets_sent += written
-            return written
-        return sum(map(self._write, packets))
+        if len(packets) == 1:
+            try:
+                self._port.write(packets[0], self.peer)
+            except OSError:
+                return 0
+            written = 1
+        else:
+            written = self._port.send_window(packets, self.peer)
+        self.stats.packets_sent += written
+        return written
 
     def _read_done(self, chunk: bytes, asked: int) -> None:
         self._reading = None
@@ -366,7 +356,7 @@ class ReadSession(DatagramProtocol):
                 path=self.stats.file_path,
                 peer=self.peer,
             )
-        self._write(wire.Error(code, message).encode())
+        self._send([wire.Error(code, message).encode()])
         self.stats.error_code, self.stats.error_message = code, message
         self._end(Outcome.REFUSED)
 
@@ -407,7 +397,7 @@ class ReadSession(DatagramProtocol):
             self._end(Outcome.TIMEOUT)
             return
         if self._oack is not None:
-            self._write(self._oack)
+            self._send([self._oack])
             self.stats.retransmits += 1
         else:
             # Everything on the wire and not acknowledged goes again.  While
@@ -426,32 +416,18 @@ class ReadSession(DatagramProtocol):
             return block & 0xFFFF
         return (block - 1) % 0xFFFF + 1 if block else 0
 
-    def _write(self, packet: bytes, addr=None) -> bool:
-        """
-        Send a datagram, counted in C{packets_sent}; one the kernel refuses
-        (a full buffer) counts as lost and the timer recovers it, as for any
-        other loss.
-
-        @return: whether the kernel took it.
-        """
-        try:
-            self.transport.write(packet, addr or self.peer)
-        except OSError:
-            return False
-        self.stats.packets_sent += 1
-        return True
-
     def _stray(self, datagram: bytes, addr) -> None:
         """
         Answer a datagram from another address or port with ERROR 5 (RFC
         1350 section 4), unless it is itself an ERROR, which is never
         answered (two servers must not bounce errors off each other).
         """
-        if datagram[:2] != b"\0\5":
-            self._write(
-                wire.Error(wire.ErrorCode.UNKNOWN_TID, "Unknown transfer ID").encode(),
-                addr,
-            )
+        if not _is_error(datagram):
+            # Not this transfer's packet: it counts in no figure of it.
+            try:
+                self._port.write(_UNKNOWN_TID, addr)
+            except OSError:
+                pass
         self._log.debug(
             "Stray datagram from {stray} to the transfer of {path!r} for {peer}",
             stray=addr,
@@ -478,10 +454,20 @@ class ReadSession(DatagramProtocol):
         """
         if self.ended:
             return
-        self._write(wire.Error(wire.ErrorCode.NOT_DEFINED, message).encode())
+        self._send([wire.Error(wire.ErrorCode.NOT_DEFINED, message).encode()])
         self.stats.error_code = wire.ErrorCode.NOT_DEFINED
         self.stats.error_message = message
         self._end(Outcome.ABORTED)
+
+    def not_started(self, message: str) -> None:
+        """
+        End a transfer that never got a port (its server is out of
+        descriptors, or the address went away): nothing is sent, and its
+        stats say why, for the log line and the session callbacks.
+        """
+        self.stats.error_code = wire.ErrorCode.NOT_DEFINED
+        self.stats.error_message = message
+        self._end(Outcome.REFUSED)
 
     def _end(self, outcome: str) -> None:
         """
@@ -504,6 +490,6 @@ class ReadSession(DatagramProtocol):
             self._log.failure(
                 "Closing the response for {path!r} failed", path=self.stats.file_path
             )
-        if self.transport is not None:
-            self.transport.stopListening()
+        if self._port is not None:
+            self._port.stopListening()
         self._on_end(self)

@@ -45,3 +45,4 @@ class Settings:
     retries: int = 5
     rollover: int = 0
     log_rate: int = 100
+    linger: float = 0.0

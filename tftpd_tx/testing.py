@@ -3,7 +3,11 @@ Test doubles for tftpd_tx and for the handlers you write.
 
 L{FakeUDPReactor} is a L{task.Clock} that also opens fake UDP ports, so a
 L{tftpd_tx.server.TFTPServer} runs on it exactly as on a real reactor, with
-time advanced by hand and every datagram recorded.  L{MemoryHandler} serves
+time advanced by hand and every datagram recorded.  The fake ports implement
+the same contract as the real ones (L{tftpd_tx.transport.IRequestPort} and
+L{tftpd_tx.transport.ITransferPort}): a window goes through C{send_window},
+a listener's reply through C{reply_from}, and datagrams can wait unread
+(L{FakeUDPPort.arrive}) until the protocol asks for them.  L{MemoryHandler} serves
 files held in a dictionary.  A complete exchange takes a few lines::
 
     reactor = FakeUDPReactor()
@@ -16,21 +20,32 @@ files held in a dictionary.  A complete exchange takes a few lines::
 
 from __future__ import annotations
 
+import errno
 import itertools
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from .content import BytesResponseData, FileNotFound, Request
+from .transport import IRequestPort, ITransferPort
 
 __all__ = ["FakeUDPReactor", "FakeUDPPort", "MemoryHandler"]
 
 
+@implementer(IRequestPort, ITransferPort)
 class FakeUDPPort:
     """
     A UDP port that records what its protocol sends.
 
-    @ivar sent: every C{(datagram, address)} written, in order.
+    @ivar sent: every C{(datagram, address)} sent, in order, however it was
+        sent.
+    @ivar windows: the size of each C{send_window} call, in order.
+    @ivar replies: every C{(datagram, address, source)} of C{reply_from}.
+    @ivar pending: datagrams that have arrived (L{arrive}) but that the
+        protocol has not read yet.
+    @ivar refuse: while true, every send raises C{OSError} (ENOBUFS), as a
+        full socket buffer does.
     @ivar listening: L{False} once the protocol stopped listening.
     """
 
@@ -40,10 +55,34 @@ class FakeUDPPort:
         self.port = port
         self.interface = interface
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.windows: list[int] = []
+        self.replies: list[tuple[bytes, tuple[str, int], str | None]] = []
+        self.pending: list[tuple[bytes, tuple[str, int]]] = []
+        self.refuse = False
         self.listening = True
 
     def write(self, datagram: bytes, addr=None) -> None:
+        if self.refuse:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
         self.sent.append((bytes(datagram), addr))
+
+    def send_window(self, datagrams, addr) -> int:
+        self.windows.append(len(datagrams))
+        if self.refuse:
+            return 0
+        for datagram in datagrams:
+            self.sent.append((bytes(datagram), addr))
+        return len(datagrams)
+
+    def reply_from(self, datagram: bytes, addr, source) -> None:
+        if self.refuse:
+            return
+        self.replies.append((bytes(datagram), addr, source))
+        self.sent.append((bytes(datagram), addr))
+
+    def read_pending(self) -> None:
+        while self.pending and self.listening:
+            self.protocol.datagramReceived(*self.pending.pop(0))
 
     def getHost(self):
         if ":" in self.interface:
@@ -66,6 +105,20 @@ class FakeUDPPort:
         if not self.listening:
             raise RuntimeError(f"port {self.port} is closed")
         self.protocol.datagramReceived(datagram, addr, *extra)
+
+    def arrive(self, datagram: bytes, addr) -> None:
+        """
+        Let a datagram arrive without the reactor handing it over yet: it
+        waits in L{pending} until the protocol asks (C{read_pending}) or a
+        test calls L{deliver_pending}.
+        """
+        self.pending.append((datagram, addr))
+
+    def deliver_pending(self) -> None:
+        """
+        Hand the protocol what is pending, as the reactor would next.
+        """
+        self.read_pending()
 
     def take(self) -> list[bytes]:
         """

@@ -26,6 +26,8 @@ __all__ = [
     "OptionAck",
     "decode",
     "data_header",
+    "ack_block",
+    "is_error",
     "MAX_BLOCK",
 ]
 
@@ -288,8 +290,36 @@ def decode(datagram: bytes):
     return kind._decode(bytes(datagram[2:]))
 
 
+# Fast entry points for a transfer's per-packet path: one DATA header built
+# and one ACK recognised per block, where decode() and the packet classes
+# would cost more than the work they describe.  They agree with Data and
+# Ack (tests/test_wire.py checks it).
+
+_DATA_OPCODE = int(Opcode.DATA)
+_ACK_OPCODE = int(Opcode.ACK)
+_ERROR_PREFIX = _OPCODE.pack(Opcode.ERROR)
+_pack_header = _HEADER.pack
+
+
 def data_header(block: int) -> bytes:
     """
-    The four bytes that start a DATA packet for C{block}.
+    The four bytes that start a DATA packet for the 16-bit C{block}.
     """
-    return _HEADER.pack(Opcode.DATA, block)
+    return _pack_header(_DATA_OPCODE, block)
+
+
+def ack_block(datagram: bytes) -> int | None:
+    """
+    The block number of an ACK, or L{None} when C{datagram} is not one (a
+    four-byte ACK is the only well-formed kind).
+    """
+    if len(datagram) == 4 and datagram[1] == _ACK_OPCODE and not datagram[0]:
+        return (datagram[2] << 8) | datagram[3]
+    return None
+
+
+def is_error(datagram: bytes) -> bool:
+    """
+    Whether C{datagram} claims to be an ERROR (well-formed or not).
+    """
+    return datagram[:2] == _ERROR_PREFIX

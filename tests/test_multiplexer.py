@@ -1,6 +1,6 @@
 """
-L{tftpd_tx.udp}: transfer sockets on a real reactor and real loopback
-sockets.
+L{tftpd_tx.multiplexer}: transfer sockets on a real reactor and real
+loopback sockets.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
-from tftpd_tx.udp import SessionMultiplexer
+from tftpd_tx.multiplexer import SessionMultiplexer
 
 
 class _Quiet(DatagramProtocol):
@@ -60,7 +60,7 @@ class SendDatagramsTests(TestCase):
         self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.client.settimeout(5)
         self.multiplexer = SessionMultiplexer(reactor)
-        self.transport = self.multiplexer.start_transfer(_Quiet(), "127.0.0.1", 1024)
+        self.transport = self.multiplexer.start_transfer(_Quiet(), "127.0.0.1")
         self.addCleanup(self.transport.stopListening)
 
     def received(self, count: int) -> list[bytes]:
@@ -87,7 +87,7 @@ class SendDatagramsTests(TestCase):
         """
         watched = self.watch()
         datagrams = self.window(17, 1468, 100)
-        sent = self.transport.send_datagrams(datagrams, self.client.getsockname())
+        sent = self.transport.send_window(datagrams, self.client.getsockname())
         assert sent == 17
         assert self.received(17) == datagrams
         assert watched.calls == ["sendmsg"]
@@ -99,7 +99,7 @@ class SendDatagramsTests(TestCase):
         """
         for blocks, blksize in ((200, 512), (60, 1468), (5, 20000)):
             datagrams = self.window(blocks, blksize, blksize)
-            sent = self.transport.send_datagrams(datagrams, self.client.getsockname())
+            sent = self.transport.send_window(datagrams, self.client.getsockname())
             assert sent == blocks
             assert self.received(blocks) == datagrams
 
@@ -109,7 +109,7 @@ class SendDatagramsTests(TestCase):
         still delivered with their own boundaries.
         """
         datagrams = [b"\0\3\0\1" + b"a" * 10, b"\0\3\0\2" + b"b" * 700, b"\0\3\0\3"]
-        assert self.transport.send_datagrams(datagrams, self.client.getsockname()) == 3
+        assert self.transport.send_window(datagrams, self.client.getsockname()) == 3
         assert self.received(3) == datagrams
 
     def test_kernel_refusing_segmentation(self):
@@ -120,7 +120,7 @@ class SendDatagramsTests(TestCase):
         watched = self.watch(refuse=True)
         for _ in range(2):
             datagrams = self.window(16, 1468, 1468)
-            sent = self.transport.send_datagrams(datagrams, self.client.getsockname())
+            sent = self.transport.send_window(datagrams, self.client.getsockname())
             assert sent == 16
             assert self.received(16) == datagrams
         assert watched.calls == ["sendmsg"] + ["sendto"] * 32

@@ -1,17 +1,14 @@
 """
-A UDP listening port that knows which local address each datagram was sent
-to, and can answer from that address.
+The transfer engine: one reactor reader for the sockets of every transfer.
 
-A server listening on the wildcard address of a multi-homed or anycast host
-must reply from the address the client used, or the client drops the reply.
-The kernel tells us that address with C{IP_PKTINFO} / C{IPV6_PKTINFO}
-ancillary data; L{PacketInfoPort} reads it with C{recvmsg} and hands it to
-the protocol as a third argument of C{datagramReceived}, and
-L{PacketInfoPort.write_from} sends with it as the source address.
-
-The wildcard IPv6 port is dual-stack (C{IPV6_V6ONLY} off): one socket serves
-both families, and L{plain_address} turns the IPv4-mapped addresses it sees
-back into plain IPv4.
+Each transfer still has its own UDP socket (its TID), but the reactor
+watches one epoll descriptor for all of them (L{SessionMultiplexer}), so a
+busy server pays Twisted's per-event dispatch once per wakeup, not once per
+ACK.  Its transfer sockets (L{ITransferPort}) send a window in one system
+call with UDP segmentation offload, and a lone transfer may be served as a
+blocking server would (see L{SessionMultiplexer._serve_alone}).
+L{EpollNetwork} is the L{INetwork} that puts it together with the
+L{tftpd_tx.requestport.PacketInfoPort} listener.
 """
 
 from __future__ import annotations
@@ -22,42 +19,27 @@ import socket
 import struct
 import sys
 import time
+from typing import Callable
 
-from twisted.internet import error, udp
-from twisted.internet.abstract import isIPv6Address
+from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
+from zope.interface import implementer
 
-__all__ = [
-    "PacketInfoPort",
-    "SessionMultiplexer",
-    "listen_server",
-    "session_opener",
-    "plain_address",
-    "plain_host",
-]
+from .requestport import PacketInfoPort
+from .transport import MAX_DATAGRAM, INetwork, ITransferPort
 
-#: Linux's value; Python 3.11's socket module does not export it.
-_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-_IN_PKTINFO = struct.Struct("@i4s4s")
-_IN6_PKTINFO = struct.Struct("@16sI")
-_ANCILLARY_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(
-    _IN_PKTINFO.size
-)
-
-
-_MAPPED_PREFIX = "::ffff:"
+__all__ = ["EpollNetwork", "SessionMultiplexer", "epoll_available"]
 
 #: Rounds of reading ready transfer sockets before the reactor has a turn.
 _ROUNDS_PER_WAKEUP = 64
 
-#: How long the multiplexer waits on the socket of a lone transfer for its
-#: next datagram, and how long it may keep the reactor waiting in all,
-#: before it gives the reactor back (see L{SessionMultiplexer._serve_alone}).
-_LINGER = 0.001
-_LINGER_BUDGET = 0.005
-_LINGER_TIMEOUT = struct.pack("@ll", 0, int(_LINGER * 1e6))
+#: How many lingers (the C{linger} setting: the wait on the socket of a lone
+#: transfer for its next datagram) the multiplexer may spend in all before
+#: it gives the reactor back (see L{SessionMultiplexer._serve_alone}).
+_LINGERS_PER_WAKEUP = 5
+_TIMEVAL = struct.Struct("@ll")
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 #: UDP generic segmentation offload (Linux 4.18 and later): one C{sendmsg}
@@ -77,138 +59,18 @@ _GSO_REFUSED = frozenset(
 _SEGMENT_SIZE = struct.Struct("@H")
 
 
-def plain_host(host: str) -> str:
-    """
-    C{"::ffff:192.0.2.1"} becomes C{"192.0.2.1"}; other hosts stay as they are.
-    """
-    if host.startswith(_MAPPED_PREFIX) and "." in host:
-        return host[len(_MAPPED_PREFIX) :]
-    return host
-
-
-def plain_address(address) -> tuple[str, int]:
-    """
-    A C{(host, port)} with IPv4-mapped IPv6 hosts shown as plain IPv4, and
-    IPv6 flow information and scope id dropped.
-    """
-    return (plain_host(address[0]), address[1])
-
-
-class PacketInfoPort(udp.Port):
-    """
-    A listening UDP port whose protocol learns the destination address of
-    every datagram: C{protocol.datagramReceived(data, peer, local_host)}.
-    On a port bound to one address, C{local_host} is L{None}: the port's own
-    address is the answer.
-
-    Its protocol must accept that third argument; L{tftpd_tx.server.TFTPServer}
-    does, and treats it as optional so that it also runs on an ordinary port.
-    """
-
-    _log = Logger()
-
-    @property
-    def _wildcard(self) -> bool:
-        """
-        Whether this port listens on every address, so that only the kernel
-        can tell which one a datagram was sent to.  On one address, that
-        address is the answer and C{recvfrom} suffices.
-        """
-        return self.interface in ("", "::", "0.0.0.0")
-
-    def createInternetSocket(self):
-        skt = super().createInternetSocket()
-        if self.addressFamily == socket.AF_INET6:
-            if self.interface in ("::", ""):
-                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            if self._wildcard:
-                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        elif self._wildcard:
-            skt.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
-        return skt
-
-    def doRead(self):
-        """
-        Read what is waiting, as L{udp.Port.doRead} does, with C{recvmsg}
-        where the destination address must come from the kernel.
-        """
-        receive = self._receive_with_destination if self._wildcard else self._receive
-        read = 0
-        while read < self.maxThroughput:
-            try:
-                data, addr, local = receive()
-            except OSError as reason:
-                # Nothing waiting, or an ICMP error queued on the socket by
-                # an earlier reply: either way, nothing to read now.
-                if reason.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
-                    return
-                raise
-            read += len(data)
-            try:
-                self.protocol.datagramReceived(data, plain_address(addr), local)
-            except BaseException:
-                self._log.failure("Unhandled error in {protocol}", protocol=self.protocol)
-
-    def _receive(self):
-        data, addr = self.socket.recvfrom(self.maxPacketSize)
-        return data, addr, None
-
-    def _receive_with_destination(self):
-        data, ancillary, _, addr = self.socket.recvmsg(
-            self.maxPacketSize, _ANCILLARY_SPACE
-        )
-        return data, addr, self._destination(ancillary)
-
-    def _destination(self, ancillary) -> str | None:
-        for level, kind, payload in ancillary:
-            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-                address = payload[:16]
-                return plain_host(socket.inet_ntop(socket.AF_INET6, address))
-            if level == socket.IPPROTO_IP and kind == _IP_PKTINFO:
-                _, _, address = _IN_PKTINFO.unpack(payload[: _IN_PKTINFO.size])
-                return socket.inet_ntoa(address)
-        return None
-
-    def write_from(self, datagram: bytes, addr, source: str | None) -> None:
-        """
-        Send C{datagram} to C{addr} with C{source} as its source address (or
-        the kernel's choice when C{source} is L{None}).  Errors from the
-        kernel are ignored: this is used for one-off replies that the client
-        will ask for again if they are lost.
-        """
-        host, port = addr
-        ancillary = []
-        if self.addressFamily == socket.AF_INET6:
-            if not isIPv6Address(host):
-                host = _MAPPED_PREFIX + host
-            if source is not None:
-                if not isIPv6Address(source):
-                    source = _MAPPED_PREFIX + source
-                packed = socket.inet_pton(socket.AF_INET6, source)
-                ancillary.append(
-                    (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0))
-                )
-        elif source is not None:
-            packed = _IN_PKTINFO.pack(0, socket.inet_aton(source), b"\0\0\0\0")
-            ancillary.append((socket.IPPROTO_IP, _IP_PKTINFO, packed))
-        try:
-            self.socket.sendmsg([datagram], ancillary, 0, (host, port))
-        except OSError:
-            pass
-
-
+@implementer(ITransferPort)
 class _TransferSocket:
     """
     The transport of one transfer: a UDP socket on an ephemeral port, read
     by a L{SessionMultiplexer}.
 
-    It offers what a L{DatagramProtocol} uses of a port: C{write},
-    C{getHost} and C{stopListening}.  Writes go straight to C{sendto}: a
-    session writes only to addresses its own socket produced, so there is
-    nothing to check, and any error is the caller's to handle.
+    Writes go straight to C{sendto}: a session writes only to addresses its
+    own socket produced, so there is nothing to check, and any error is the
+    caller's to handle.
 
     The socket is in blocking mode, so that L{wait_and_read} can sleep in
-    C{recvfrom} itself (with a receive timeout of L{_LINGER}, set the first
+    C{recvfrom} itself (with a receive timeout of the linger, set the first
     time it is needed: most transfers of a busy server never wait); every
     other call passes C{MSG_DONTWAIT} and never blocks.
     """
@@ -227,12 +89,12 @@ class _TransferSocket:
         self._trim = family == socket.AF_INET6
         self._segmenting = _UDP_SEGMENT is not None
         self._sendto = self.socket.sendto
-        self._wait_bounded = False
+        self._wait_bound = 0.0
 
     def write(self, datagram: bytes, addr) -> None:
         self._sendto(datagram, _DONTWAIT, addr)
 
-    def send_datagrams(self, datagrams: list[bytes], addr) -> int:
+    def send_window(self, datagrams: list[bytes], addr) -> int:
         """
         Send C{datagrams} to C{addr} in as few system calls as the kernel
         allows: where it segments UDP, a window of equal-sized datagrams
@@ -300,20 +162,22 @@ class _TransferSocket:
             )
         return True
 
-    def wait_and_read(self) -> bool:
+    def wait_and_read(self, linger: float) -> bool:
         """
-        Wait up to L{_LINGER} for the next datagram and hand it to the
+        Wait up to C{linger} seconds for the next datagram and hand it to the
         protocol; the wait blocks the whole reactor (see
         L{SessionMultiplexer._serve_alone} for when that is worth it).
 
         @return: whether one came.
         """
-        if not self._wait_bounded:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _LINGER_TIMEOUT)
-            self._wait_bounded = True
+        if linger != self._wait_bound:
+            seconds, fraction = divmod(linger, 1.0)
+            bound = _TIMEVAL.pack(int(seconds), max(1, int(fraction * 1e6)))
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+            self._wait_bound = linger
         return self.read(0)
 
-    def read_waiting(self, most: int = 16) -> None:
+    def read_pending(self, most: int = 16) -> None:
         """
         Hand the protocol the datagrams already waiting, up to C{most},
         now rather than at the multiplexer's next round.
@@ -348,12 +212,17 @@ class SessionMultiplexer:
     per datagram, and never reads a socket just to learn it is empty.  It
     also keeps Twisted's two log lines per opened and closed port out of
     the log.
+
+    @param linger: returns the C{linger} setting, in seconds: how long to
+        wait on the socket of a lone transfer (0: never).  Asked at every
+        wakeup, so that a change made while the server runs takes effect.
     """
 
     log = Logger()
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor, linger: Callable[[], float] = lambda: 0.0) -> None:
         self._reactor = reactor
+        self._linger = linger
         self._poller = select.epoll()
         self._sockets: dict[int, _TransferSocket] = {}
         self._watched = False
@@ -364,12 +233,12 @@ class SessionMultiplexer:
     def logPrefix(self) -> str:
         return "tftpd_tx transfers"
 
-    def start_transfer(self, protocol, interface: str, max_packet_size: int):
+    def start_transfer(self, protocol, interface: str):
         """
         Open a transfer socket on an ephemeral port of C{interface} for
         C{protocol}, and start the protocol.
         """
-        transport = _TransferSocket(self, protocol, interface, max_packet_size)
+        transport = _TransferSocket(self, protocol, interface, MAX_DATAGRAM)
         fd = transport.socket.fileno()
         self._sockets[fd] = transport
         self._poller.register(fd, select.EPOLLIN)
@@ -414,7 +283,8 @@ class SessionMultiplexer:
         """
         Serve the only transfer there is as a blocking server would: after
         its datagram, wait in C{recvfrom} on its socket for the next one,
-        for at most L{_LINGER} each time and L{_LINGER_BUDGET} in all.
+        for at most the linger each time and L{_LINGERS_PER_WAKEUP} lingers
+        in all; with no linger, read what is there and return.
 
         A lock-step client close by answers within tens of microseconds,
         and sleeping in C{recvfrom} then costs less than sleeping in the
@@ -427,14 +297,17 @@ class SessionMultiplexer:
         """
         if not transport.read():
             return
+        linger = self._linger()
+        if not linger:
+            return
         # Wall time, not the reactor's clock: this bounds real blocking
         # system calls, which no fake clock can stand in for.
-        give_back = time.monotonic() + _LINGER_BUDGET
+        give_back = time.monotonic() + linger * _LINGERS_PER_WAKEUP
         for _ in range(_ROUNDS_PER_WAKEUP):
             if (
                 transport.socket is None
                 or len(self._sockets) != 1
-                or not transport.wait_and_read()
+                or not transport.wait_and_read(linger)
                 or time.monotonic() >= give_back
             ):
                 return
@@ -448,33 +321,33 @@ class SessionMultiplexer:
         self._watched = False
 
 
-def session_opener(reactor):
+def epoll_available(reactor) -> bool:
     """
-    A function C{open(protocol, interface, max_packet_size)} that starts a
-    transfer on an ephemeral port: through a L{SessionMultiplexer} where the
-    reactor and platform allow, else with C{reactor.listenUDP} (as on the
-    fakes of L{tftpd_tx.testing}).
+    Whether L{EpollNetwork} can run on C{reactor}: a reactor with
+    file-descriptor readers (C{IReactorFDSet}) on a platform with epoll.
     """
-    if isinstance(reactor, PosixReactorBase) and hasattr(select, "epoll"):
-        return SessionMultiplexer(reactor).start_transfer
-
-    def listen_udp(protocol, interface, max_packet_size):
-        return reactor.listenUDP(
-            0, protocol, interface=interface, maxPacketSize=max_packet_size
-        )
-
-    return listen_udp
+    return hasattr(select, "epoll") and IReactorFDSet.providedBy(reactor)
 
 
-def listen_server(reactor, number: int, protocol, interface: str, max_packet_size: int):
+@implementer(INetwork)
+class EpollNetwork:
     """
-    Open the server port: a L{PacketInfoPort} on the reactors that can run
-    it, C{listenUDP} on any other (such as the fakes of L{tftpd_tx.testing}).
+    The ports of a production server: a L{PacketInfoPort} listener that
+    answers from the address each request was sent to, and transfers on a
+    L{SessionMultiplexer}.
+
+    @param reactor: a reactor for which L{epoll_available} holds.
+    @param linger: see L{SessionMultiplexer}.
     """
-    if isinstance(reactor, PosixReactorBase):
-        port = PacketInfoPort(number, protocol, interface, max_packet_size, reactor)
-        port.startListening()
-        return port
-    return reactor.listenUDP(
-        number, protocol, interface=interface, maxPacketSize=max_packet_size
-    )
+
+    def __init__(self, reactor, linger: Callable[[], float] = lambda: 0.0) -> None:
+        self.reactor = reactor
+        self._multiplexer = SessionMultiplexer(reactor, linger)
+
+    def listen(self, port: int, protocol, interface: str):
+        listener = PacketInfoPort(port, protocol, interface, MAX_DATAGRAM, self.reactor)
+        listener.startListening()
+        return listener
+
+    def open_transfer(self, protocol, interface: str):
+        return self._multiplexer.start_transfer(protocol, interface)

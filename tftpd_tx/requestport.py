@@ -1,0 +1,160 @@
+"""
+The request port: a UDP listening port that knows which local address each
+datagram was sent to, and can answer from that address.
+
+A server listening on the wildcard address of a multi-homed or anycast host
+must reply from the address the client used, or the client drops the reply.
+The kernel tells us that address with C{IP_PKTINFO} / C{IPV6_PKTINFO}
+ancillary data; L{PacketInfoPort} reads it with C{recvmsg} and hands it to
+the protocol as a third argument of C{datagramReceived}, and
+L{PacketInfoPort.reply_from} sends with it as the source address.
+
+The wildcard IPv6 port is dual-stack (C{IPV6_V6ONLY} off): one socket serves
+both families, and L{plain_address} turns the IPv4-mapped addresses it sees
+back into plain IPv4.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from twisted.internet import udp
+from twisted.internet.abstract import isIPv6Address
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .transport import IRequestPort
+
+__all__ = ["PacketInfoPort", "plain_address", "plain_host"]
+
+#: Linux's value; Python 3.11's socket module does not export it.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IN_PKTINFO = struct.Struct("@i4s4s")
+_IN6_PKTINFO = struct.Struct("@16sI")
+_ANCILLARY_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(
+    _IN_PKTINFO.size
+)
+
+
+_MAPPED_PREFIX = "::ffff:"
+
+def plain_host(host: str) -> str:
+    """
+    C{"::ffff:192.0.2.1"} becomes C{"192.0.2.1"}; other hosts stay as they are.
+    """
+    if host.startswith(_MAPPED_PREFIX) and "." in host:
+        return host[len(_MAPPED_PREFIX) :]
+    return host
+
+
+def plain_address(address) -> tuple[str, int]:
+    """
+    A C{(host, port)} with IPv4-mapped IPv6 hosts shown as plain IPv4, and
+    IPv6 flow information and scope id dropped.
+    """
+    return (plain_host(address[0]), address[1])
+
+
+@implementer(IRequestPort)
+class PacketInfoPort(udp.Port):
+    """
+    A listening UDP port whose protocol learns the destination address of
+    every datagram: C{protocol.datagramReceived(data, peer, local_host)}.
+    On a port bound to one address, C{local_host} is L{None}: the port's own
+    address is the answer.
+
+    Its protocol must accept that third argument; L{tftpd_tx.server.TFTPServer}
+    does, and treats it as optional so that it also runs on an ordinary port.
+    """
+
+    _log = Logger()
+
+    @property
+    def _wildcard(self) -> bool:
+        """
+        Whether this port listens on every address, so that only the kernel
+        can tell which one a datagram was sent to.  On one address, that
+        address is the answer and C{recvfrom} suffices.
+        """
+        return self.interface in ("", "::", "0.0.0.0")
+
+    def createInternetSocket(self):
+        skt = super().createInternetSocket()
+        if self.addressFamily == socket.AF_INET6:
+            if self.interface in ("::", ""):
+                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if self._wildcard:
+                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        elif self._wildcard:
+            skt.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        return skt
+
+    def doRead(self):
+        """
+        Read what is waiting, as L{udp.Port.doRead} does, with C{recvmsg}
+        where the destination address must come from the kernel.
+        """
+        receive = self._receive_with_destination if self._wildcard else self._receive
+        read = 0
+        while read < self.maxThroughput:
+            try:
+                data, addr, local = receive()
+            except OSError as reason:
+                # Nothing waiting, or an ICMP error queued on the socket by
+                # an earlier reply: either way, nothing to read now.
+                if reason.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
+                    return
+                raise
+            read += len(data)
+            try:
+                self.protocol.datagramReceived(data, plain_address(addr), local)
+            except BaseException:
+                self._log.failure("Unhandled error in {protocol}", protocol=self.protocol)
+
+    def _receive(self):
+        data, addr = self.socket.recvfrom(self.maxPacketSize)
+        return data, addr, None
+
+    def _receive_with_destination(self):
+        data, ancillary, _, addr = self.socket.recvmsg(
+            self.maxPacketSize, _ANCILLARY_SPACE
+        )
+        return data, addr, self._destination(ancillary)
+
+    def _destination(self, ancillary) -> str | None:
+        for level, kind, payload in ancillary:
+            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                address = payload[:16]
+                return plain_host(socket.inet_ntop(socket.AF_INET6, address))
+            if level == socket.IPPROTO_IP and kind == _IP_PKTINFO:
+                _, _, address = _IN_PKTINFO.unpack(payload[: _IN_PKTINFO.size])
+                return socket.inet_ntoa(address)
+        return None
+
+    def reply_from(self, datagram: bytes, addr, source: str | None) -> None:
+        """
+        Send C{datagram} to C{addr} with C{source} as its source address (or
+        the kernel's choice when C{source} is L{None}).  Errors from the
+        kernel are ignored: this is used for one-off replies that the client
+        will ask for again if they are lost.
+        """
+        host, port = addr
+        ancillary = []
+        if self.addressFamily == socket.AF_INET6:
+            if not isIPv6Address(host):
+                host = _MAPPED_PREFIX + host
+            if source is not None:
+                if not isIPv6Address(source):
+                    source = _MAPPED_PREFIX + source
+                packed = socket.inet_pton(socket.AF_INET6, source)
+                ancillary.append(
+                    (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0))
+                )
+        elif source is not None:
+            packed = _IN_PKTINFO.pack(0, socket.inet_aton(source), b"\0\0\0\0")
+            ancillary.append((socket.IPPROTO_IP, _IP_PKTINFO, packed))
+        try:
+            self.socket.sendmsg([datagram], ancillary, 0, (host, port))
+        except OSError:
+            pass
