@@ -195,10 +195,12 @@ class RetransmitTests(SessionMixin, SynchronousTestCase):
 
     def test_backoff_then_give_up(self):
         """
-        The waits follow the schedule; after the last one the session ends
-        without sending anything more.
+        Once the peer has acknowledged a block, the waits follow the whole
+        schedule; after the last one the session ends without sending
+        anything more.
         """
-        port = self.start(b"x" * 100)
+        port = self.start(b"x" * 600)
+        port.deliver(ack(1), PEER)
         port.take()
         sent_at = []
         for _ in range(20):
@@ -215,13 +217,14 @@ class RetransmitTests(SessionMixin, SynchronousTestCase):
         After an ACK brings progress, the next wait is the first one again.
         """
         port = self.start(b"x" * 2000)
+        port.deliver(ack(1), PEER)
         self.reactor.advance(1)
         self.reactor.advance(2)
-        self.assertEqual(len(port.take()), 3)
-        port.deliver(ack(1), PEER)
+        self.assertEqual(len(port.take()), 4)
+        port.deliver(ack(2), PEER)
         port.take()
         self.reactor.advance(1)
-        self.assertEqual(port.take(), [data(2, b"x" * 512)])
+        self.assertEqual(port.take(), [data(3, b"x" * 512)])
 
     def test_backoff_schedule(self):
         """
@@ -230,6 +233,16 @@ class RetransmitTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(backoff_schedule(1, 5), (1, 2, 4, 8, 8, 8))
         self.assertEqual(backoff_schedule(0.5, 2), (0.5, 1, 2))
         self.assertEqual(backoff_schedule(3, 0), (3,))
+
+    def test_hold_cuts_the_schedule(self):
+        """
+        With a hold time, the waits add up to it at most: a negotiated
+        timeout of 255 s (a fixed interval, factor 1) holds a transfer for
+        the hold time, not for hours.
+        """
+        self.assertEqual(backoff_schedule(1, 5, hold=10), (1, 2, 4, 3))
+        self.assertEqual(backoff_schedule(255, 5, factor=1, hold=120), (120,))
+        self.assertEqual(backoff_schedule(3, 2, factor=1, hold=120), (3, 3, 3))
 
     def test_no_retries(self):
         """
@@ -240,6 +253,55 @@ class RetransmitTests(SessionMixin, SynchronousTestCase):
         self.reactor.advance(2)
         self.assertEqual(port.take(), [])
         self.assertFinished(port, Outcome.TIMEOUT)
+
+
+class UnprovenPeerTests(SessionMixin, SynchronousTestCase):
+    """
+    A peer that has acknowledged nothing may not be at its address (a
+    forged request): it draws two datagrams at most, none larger than the
+    first reply.
+    """
+
+    def test_never_acked_draws_two_datagrams(self):
+        """
+        A request never acknowledged gets its first block and one
+        retransmission, then the session ends at the end of the second
+        wait, whatever retries the schedule allows.
+        """
+        port = self.start(b"x" * 1024 * 1024, schedule=(1.0, 2.0, 4.0, 8.0))
+        self.reactor.pump([0.5] * 40)
+        sent = port.take()
+        self.assertEqual(sent, [data(1, b"x" * 512)] * 2)
+        self.assertFinished(port, Outcome.TIMEOUT)
+        self.assertEqual(self.session.stats.end_time, 3.0)
+
+    def test_never_acked_oack_draws_two(self):
+        """
+        A request with options never acknowledged gets two OACKs and no
+        DATA: windows and large blocks start only after ACK 0.
+        """
+        negotiated = Negotiated(
+            blksize=8192, windowsize=16, oack={"blksize": "8192", "windowsize": "16"}
+        )
+        port = self.start(b"x" * 1024 * 1024, negotiated, schedule=(1.0, 2.0, 4.0))
+        self.reactor.pump([0.5] * 40)
+        sent = port.take()
+        self.assertEqual(len(sent), 2)
+        self.assertTrue(all(wire.decode(p) == wire.decode(sent[0]) for p in sent))
+        self.assertIsInstance(wire.decode(sent[0]), wire.OptionAck)
+
+    def test_proven_peer_gets_the_whole_schedule(self):
+        """
+        After the ACK of the OACK, the transfer retransmits as often as its
+        schedule says.
+        """
+        negotiated = Negotiated(blksize=512, oack={"blksize": "512"})
+        port = self.start(b"x" * 4096, negotiated, schedule=(1.0, 1.0, 1.0, 1.0))
+        port.deliver(ack(0), PEER)
+        port.take()
+        self.reactor.pump([0.5] * 20)
+        self.assertEqual(len(port.take()), 3)
+        self.assertEqual(self.session.stats.retransmits, 3)
 
 
 class ReadingResponse(RecordingResponse):

@@ -29,7 +29,7 @@ from .options import Negotiated
 from .stats import Outcome, SessionStats
 from .transport import ITransferPort
 
-__all__ = ["backoff_schedule", "ReadSession"]
+__all__ = ["backoff_schedule", "ReadSession", "UNPROVEN_SENDS"]
 
 _ack_block = wire.ack_block
 _is_error = wire.is_error
@@ -45,9 +45,19 @@ READ_AHEAD = 16 * 1024
 READ_AHEAD_INTERVAL = 0.01
 
 
+#: Datagrams a transfer sends its peer before the peer has proven that it
+#: is at its address (by acknowledging anything): the first reply and one
+#: retransmission.  A spoofed request then draws at most this many replies.
+UNPROVEN_SENDS = 2
+
+
 @functools.lru_cache(maxsize=64)
 def backoff_schedule(
-    initial: float, retries: int, factor: float = 2.0, ceiling: float = 8.0
+    initial: float,
+    retries: int,
+    factor: float = 2.0,
+    ceiling: float = 8.0,
+    hold: float | None = None,
 ) -> tuple[float, ...]:
     """
     The waits of a retransmit schedule.
@@ -61,10 +71,21 @@ def backoff_schedule(
 
     @param initial: the first wait, in seconds.
     @param retries: how many times to retransmit before giving up.
+    @param hold: the most seconds the waits may add up to: the schedule is
+        cut there (the last wait shortened), so that no client, whatever
+        it negotiated, holds a transfer longer without progress.
     """
-    return tuple(
-        initial * min(factor**attempt, ceiling) for attempt in range(retries + 1)
-    )
+    waits = [initial * min(factor**attempt, ceiling) for attempt in range(retries + 1)]
+    if hold is not None:
+        kept, total = [], 0.0
+        for wait in waits:
+            if total + wait >= hold:
+                kept.append(hold - total)
+                break
+            kept.append(wait)
+            total += wait
+        waits = kept
+    return tuple(waits)
 
 
 class ReadSession(DatagramProtocol):
@@ -79,6 +100,11 @@ class ReadSession(DatagramProtocol):
     @param negotiated: the L{Negotiated} options; its C{oack}, if any, is
         sent first and must be acknowledged with ACK 0.
     @param schedule: the retransmit schedule (see L{backoff_schedule}).
+        Until the peer acknowledges something, only the first
+        L{UNPROVEN_SENDS} sendings of it are used: a request with a forged
+        source address draws two datagrams, none larger than the OACK or a
+        first block of 512 bytes (larger blocks and windows are negotiated
+        in the OACK, and start only after its ACK).
     @param rollover: the block number that follows 65535: 0 or 1.
     @param stats: the L{SessionStats} to fill in.
     @param on_end: called with this session once it has ended and let go of
@@ -117,6 +143,7 @@ class ReadSession(DatagramProtocol):
         self._ahead = max(0, READ_AHEAD // negotiated.blksize - negotiated.windowsize)
         self._last_progress = 0.0
         self._schedule = tuple(schedule)
+        self._unproven_sends = min(UNPROVEN_SENDS, len(self._schedule))
         self._on_end = on_end
         self._rollover = rollover
         self._modulus = 0x10000 if rollover == 0 else 0xFFFF
@@ -134,6 +161,7 @@ class ReadSession(DatagramProtocol):
         self._reading: Deferred | None = None
         self._port = None
         self._attempt = 0
+        self._proven = False
         # One DelayedCall, moved as rarely as possible: progress only moves
         # _deadline, and the timer, when it fires early, sleeps the rest.
         self._timer = None
@@ -211,6 +239,8 @@ class ReadSession(DatagramProtocol):
         """
         if self.ended:
             return
+        # Whatever it acknowledges, the peer got a reply at its address.
+        self._proven = True
         if self._oack is not None:
             if number != 0:
                 return
@@ -393,7 +423,7 @@ class ReadSession(DatagramProtocol):
 
     def _timed_out(self, now: float) -> None:
         self._attempt += 1
-        if self._attempt >= len(self._schedule):
+        if self._attempt >= (len(self._schedule) if self._proven else self._unproven_sends):
             self._end(Outcome.TIMEOUT)
             return
         if self._oack is not None:
