@@ -1,12 +1,14 @@
 """
-Router and ThreadedHandler.
+Router, ThreadedHandler and the serial thread calls it is built on.
 """
 
 from __future__ import annotations
 
 import threading
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tftpd_tx import BytesResponseData, FileNotFound, Router, ThreadedHandler
@@ -130,3 +132,41 @@ class ThreadedHandlerTests(TestCase):
         threaded = ThreadedHandler(MemoryHandler({}))
         with self.assertRaises(FileNotFound):
             yield threaded.get_response_data(request("missing"))
+
+    @defer.inlineCallbacks
+    def test_close_waits_for_an_abandoned_read(self):
+        """
+        A response's calls never overlap: when a transfer ends during a read
+        (its Deferred cancelled), C{close} runs only after that read has
+        returned, so a response needs no lock against its own close.
+        """
+        release = threading.Event()
+        self.addCleanup(release.set)
+        events = []
+        closed = defer.Deferred()
+
+        class Slow(BytesResponseData):
+            def read(self, n):
+                events.append("read started")
+                release.wait(5)
+                events.append("read returned")
+                return super().read(n)
+
+            def close(self):
+                events.append("closed")
+                reactor.callFromThread(closed.callback, None)
+
+        class Handler:
+            def get_response_data(self, request):
+                return Slow(b"slow content")
+
+        response = yield ThreadedHandler(Handler()).get_response_data(request("x"))
+        reading = response.read(512)
+        reading.cancel()
+        self.failureResultOf(reading, CancelledError)
+        response.close()
+        # Time for a close that did not wait to run, before the read returns.
+        yield deferLater(reactor, 0.05, lambda: None)
+        release.set()
+        yield closed
+        self.assertEqual(events, ["read started", "read returned", "closed"])

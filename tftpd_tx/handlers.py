@@ -1,6 +1,8 @@
 """
 Ready-made handlers that compose: a router by path pattern, and an adapter
-that runs a blocking handler in a thread.
+that runs a blocking handler in a thread (L{ThreadedHandler}, built on
+L{SerialCalls} and L{ThreadedResponseData}, which the fbtftp compatibility
+layer uses too).
 """
 
 from __future__ import annotations
@@ -8,12 +10,15 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .content import FileNotFound, IHandler, IResponseData, Request
+from .content import FileNotFound, IHandler, Request, ResponseData
 
-__all__ = ["Router", "ThreadedHandler"]
+__all__ = ["Router", "ThreadedHandler", "ThreadedResponseData", "SerialCalls"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -78,26 +83,81 @@ class Router:
         return self.default.get_response_data(request)
 
 
-@implementer(IResponseData)
-class _ThreadedResponseData:
+class SerialCalls:
     """
-    A blocking response whose reads and close run in a thread pool.
+    Run blocking calls in a thread pool one after another, in the order
+    they were asked for.
+
+    A response's calls made this way never overlap, so a response written
+    for one thread needs no lock: its C{close} waits for a C{read} still
+    running, even one whose result was abandoned.  Cancelling the
+    L{Deferred} of a call abandons its result, not its place in the order.
+    Used by L{ThreadedHandler} and by L{tftpd_tx.compat.fbtftp}, whose
+    sessions run their stats callback in the same order.
+
+    @param reactor: the reactor the results are delivered in.
+    @param pool: the thread pool the calls run in.
     """
 
-    def __init__(self, reactor, pool, response, size) -> None:
+    def __init__(self, reactor, pool) -> None:
         self._reactor = reactor
         self._pool = pool
+        self._tail = succeed(None)
+
+    def run(self, function, *args) -> Deferred:
+        """
+        Call C{function(*args)} in the pool once every call asked for before
+        it has returned.
+
+        @return: a L{Deferred} firing with its result or failure.
+        """
+        result = Deferred()
+
+        def deliver(outcome):
+            if not result.called:
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+
+        def start(_):
+            job = deferToThreadPool(self._reactor, self._pool, function, *args)
+            return job.addBoth(deliver)
+
+        self._tail.addCallback(start)
+        return result
+
+
+class ThreadedResponseData(ResponseData):
+    """
+    A blocking response, used from the reactor: its C{read} and C{close} run
+    in a thread pool through one L{SerialCalls}, so one at a time and in
+    order.
+
+    @param response: the blocking L{IResponseData}.
+    @param size: its C{size()}, already asked in a thread: the session asks
+        for the size in the reactor thread, where nothing may block.
+    @param calls: the L{SerialCalls} this response's calls go through.
+    """
+
+    _log = Logger()
+
+    def __init__(self, response, size, calls: SerialCalls) -> None:
         self._response = response
         self._size = size
+        self._calls = calls
 
-    def read(self, n: int):
-        return deferToThreadPool(self._reactor, self._pool, self._response.read, n)
+    def read(self, n: int) -> Deferred:
+        return self._calls.run(self._response.read, n)
 
     def size(self):
         return self._size
 
     def close(self) -> None:
-        deferToThreadPool(self._reactor, self._pool, self._response.close)
+        closing = self._calls.run(self._response.close)
+        closing.addErrback(
+            lambda failure: self._log.failure("Closing a response failed", failure)
+        )
 
 
 @implementer(IHandler)
@@ -108,8 +168,10 @@ class ThreadedHandler:
 
     Use it for handlers that call blocking libraries (a database client,
     C{requests}, a slow disk): C{get_response_data} runs in a thread, and so
-    do the response's C{read}, C{size} and C{close}.  Each block then costs a
-    round trip through the pool, so keep it for content that needs it.
+    do the response's C{read}, C{size} and C{close}.  One response's calls
+    run one at a time, in order (see L{SerialCalls}), so it needs no lock of
+    its own.  Each block then costs a round trip through the pool, so keep
+    it for content that needs it.
 
     @param handler: the blocking handler.
     @param reactor: the reactor; the global one when omitted.
@@ -130,7 +192,9 @@ class ThreadedHandler:
         except BaseException:
             response.close()
             raise
-        return _ThreadedResponseData(self._reactor, self._pool, response, size)
+        return ThreadedResponseData(
+            response, size, SerialCalls(self._reactor, self._pool)
+        )
 
     def get_response_data(self, request: Request):
         return deferToThreadPool(self._reactor, self._pool, self._open, request)
