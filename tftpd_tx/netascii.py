@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
+from .content import ResponseData
+
 __all__ = ["to_netascii", "NetasciiResponseData"]
 
 
@@ -21,21 +23,19 @@ def to_netascii(chunk: bytes) -> bytes:
     return chunk.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
-class NetasciiResponseData:
+class NetasciiResponseData(ResponseData):
     """
     Wrap a response so that what it yields is netascii.
 
     The size of the converted stream is not known without reading the whole
-    file, so L{size} is L{None} and no C{tsize} is offered.
+    file, so C{size()} is L{None} (the base class's answer) and no C{tsize}
+    is offered.
     """
 
     def __init__(self, inner) -> None:
         self._inner = inner
         self._pending = b""
         self._exhausted = False
-
-    def size(self) -> None:
-        return None
 
     def read(self, n: int):
         """

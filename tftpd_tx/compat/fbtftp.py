@@ -51,6 +51,10 @@ What differs, and why:
     - Clients get generic messages for handler failures ("File not found",
       "Internal server error"); the exception text, which may name server
       paths, goes only to C{SessionStats.error} and the log.
+    - C{ResponseData} is L{tftpd_tx.ResponseData}: a subclass without
+      C{size()} has no size (C{tsize} is declined) and one without
+      C{close()} has nothing to close, where fbtftp's raise
+      C{NotImplementedError}.
     - A C{get_handler} that returns L{None} or raises gets the client an
       ERROR 0 (fbtftp sends nothing and the client times out); no session
       stats are reported for it, as in fbtftp.
@@ -104,7 +108,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..content import IHandler, IResponseData, Request, TFTPError
+from ..content import IHandler, IResponseData, Request, ResponseData, TFTPError
 from ..server import Settings
 from ..service import TFTPService
 from ..stats import Outcome
@@ -156,26 +160,8 @@ _CLIENT_MESSAGES = {
 
 # -- responses ----------------------------------------------------------------
 
-
-class ResponseData:
-    """
-    The content of one transfer, file-like: subclass it and implement
-    C{read(n)}, C{size()} and C{close()}, as in fbtftp.
-
-    All three are called in a thread, so they may block.  C{read(n)} is
-    called again while it returns fewer than C{n} bytes, until it returns
-    nothing (the end).  C{size()} returns the size in bytes or L{None}, and is
-    called only when the client asks for C{tsize}.
-    """
-
-    def read(self, n):
-        raise NotImplementedError()
-
-    def size(self):
-        raise NotImplementedError()
-
-    def close(self):
-        raise NotImplementedError()
+# fbtftp's ResponseData is tftpd_tx's (imported above): subclass it and
+# implement read(n), size() and close(), as in fbtftp.
 
 
 class StringResponseData(ResponseData):
@@ -198,9 +184,6 @@ class StringResponseData(ResponseData):
 
     def size(self):
         return self._size
-
-    def close(self):
-        pass
 
 
 # -- statistics ---------------------------------------------------------------
