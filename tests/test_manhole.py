@@ -1,7 +1,8 @@
 """
-The operator manhole without SSH: its helpers against a server on a fake
-reactor, its configuration checks, its host key, its authentication and the
-C{twistd tftp --manhole} options.
+The operator manhole without SSH: its configuration checks, its host key,
+its authentication, its prompt on an in-memory terminal and the
+C{twistd tftp --manhole} options.  The helpers at the prompt are those of
+L{tftpd_tx.operator}, tested in test_operator.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import os
 import shutil
 import stat
-import struct
 import tempfile
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,24 +32,9 @@ from twisted.python.components import Componentized
 from twisted.trial.unittest import SynchronousTestCase
 
 from tftpd_tx import manhole, tap, wire
-from tftpd_tx.options import Limits
+from tftpd_tx.operator import make_namespace
 from tftpd_tx.server import TFTPServer
-from tftpd_tx.settings import Settings
-from tftpd_tx.stats import Outcome
 from tftpd_tx.testing import FakeUDPReactor, MemoryHandler
-
-CLIENT = ("198.51.100.20", 3000)
-OTHER = ("198.51.100.21", 4000)
-FILES = {"boot/pxelinux.0": b"p" * 5000, "small.cfg": b"default local\n"}
-
-
-def rrq(path, **options):
-    options = {name: str(value) for name, value in options.items()}
-    return wire.ReadRequest(path, "octet", options).encode()
-
-
-def ack(block):
-    return struct.pack("!HH", 4, block)
 
 
 def make_key() -> keys.Key:
@@ -72,375 +57,6 @@ def write_keys(path: str, *lines: str | bytes) -> str:
 
 def public_line(key: keys.Key) -> bytes:
     return key.public().toString("openssh") + b" operator@example"
-
-
-class NamespaceMixin:
-    """
-    A server on a fake reactor, a transfer port per request, and the
-    manhole namespace of that server.
-    """
-
-    def setUp(self):
-        self.reactor = FakeUDPReactor()
-        self.reactor.advance(1000)
-        self.finished = []
-        self.server = TFTPServer(
-            MemoryHandler(dict(FILES)),
-            Settings(limits=Limits(max_blksize=1024)),
-            reactor=self.reactor,
-            session_callback=self.finished.append,
-        )
-        self.listener = self.reactor.listenUDP(69, self.server, interface="0.0.0.0")
-        self.ns = manhole.make_namespace(self.server, self.reactor)
-
-    def start(self, path="boot/pxelinux.0", peer=CLIENT, **options):
-        """
-        Start a transfer of C{path} for C{peer}; return its port.
-        """
-        self.listener.deliver(rrq(path, **options), peer, "192.0.2.1")
-        return self.reactor.ports[-1]
-
-
-class NamespaceTests(NamespaceMixin, SynchronousTestCase):
-    """
-    The names an operator finds at the prompt.
-    """
-
-    def test_live_objects(self):
-        """
-        C{server}, C{stats} and C{sessions} are the live objects themselves.
-        """
-        self.assertIs(self.ns["server"], self.server)
-        self.assertIs(self.ns["stats"], self.server.stats)
-        self.assertIs(self.ns["sessions"], self.server.sessions)
-
-    def test_fresh_namespace_each_time(self):
-        """
-        Each login gets its own dictionary: one operator's variables do not
-        appear at another's prompt.
-        """
-        other = manhole.make_namespace(self.server, self.reactor)
-        self.ns["mine"] = 1
-        self.assertNotIn("mine", other)
-
-    def test_helpers_have_one_line_docstrings(self):
-        """
-        Every helper has a docstring of exactly one line.
-        """
-        for name in ("ls", "show", "kill", "counters", "drain", "resume", "help"):
-            doc = self.ns[name].__doc__
-            self.assertTrue(doc, name)
-            self.assertEqual(len(doc.strip().splitlines()), 1, name)
-
-    def test_help_lists_helpers(self):
-        """
-        C{help()} lists every helper with its docstring, the live objects and
-        the settings, without reading from the terminal.
-        """
-        text = self.ns["help"]()
-        for name in ("ls", "show", "kill", "counters", "drain", "resume", "help"):
-            self.assertIn(manhole._first_line(self.ns[name]), text)
-        for name in ("server", "stats", "sessions", "settings", "max_blksize"):
-            self.assertIn(name, text)
-
-    def test_help_on_a_thing(self):
-        """
-        C{help(thing)} returns its documentation as text.
-        """
-        self.assertIn("Stop accepting new requests", self.ns["help"](TFTPServer.drain))
-
-    def test_text_shows_as_is(self):
-        """
-        Helpers return text whose representation is the text itself, so the
-        prompt shows a table and not a quoted string.
-        """
-        listing = self.ns["ls"]()
-        self.assertEqual(repr(listing), str(listing))
-
-
-class ListTests(NamespaceMixin, SynchronousTestCase):
-    """
-    C{ls()}: the table of live transfers.
-    """
-
-    def test_idle(self):
-        """
-        With no transfer, C{ls()} says the server is serving and lists
-        nothing.
-        """
-        self.assertEqual(self.ns["ls"](), "serving: 0 transfer(s) in flight")
-
-    def test_transfer_row(self):
-        """
-        A row shows id, peer, local address (the transfer's port), path,
-        blocks acknowledged, block size, window, bytes sent of the total,
-        retransmits, age and time since the last ACK.
-        """
-        port = self.start(blksize=1000)
-        self.reactor.advance(0.5)
-        port.deliver(ack(0), CLIENT)
-        self.reactor.advance(0.75)
-        port.deliver(ack(1), CLIENT)
-        self.reactor.advance(0.25)
-        header, row = self.ns["ls"]().splitlines()[1:]
-        self.assertEqual(
-            header.split(),
-            ["ID", "PEER", "LOCAL", "PATH", "BLOCK", "BLKSIZE", "WINDOW",
-             "SENT/TOTAL", "RETX", "AGE", "LAST-ACK"],
-        )  # fmt: skip
-        self.assertEqual(
-            row.split(),
-            ["1", "198.51.100.20:3000", f"192.0.2.1:{port.port}", "boot/pxelinux.0",
-             "1", "1000", "1", "2.0K/4.9K", "40%", "0", "1.5s", "0.2s"],
-        )  # fmt: skip
-
-    def test_retransmits_and_no_ack(self):
-        """
-        Retransmissions are counted, and a transfer never acknowledged shows
-        no last-ACK time.
-        """
-        self.start("small.cfg")
-        self.reactor.advance(1)
-        (row,) = self.ns["ls"]().splitlines()[2:]
-        cells = row.split()
-        self.assertEqual(cells[7:9], ["14/14", "100%"])
-        self.assertEqual(cells[9], "1")
-        self.assertEqual(cells[11], "-")
-
-    def test_draining_state(self):
-        """
-        While draining, C{ls()} says so, with the transfers still in flight.
-        """
-        self.start()
-        self.server.drain()
-        listing = self.ns["ls"]()
-        self.assertTrue(listing.startswith("DRAINING: new requests are ignored; 1"))
-
-
-class ShowTests(NamespaceMixin, SynchronousTestCase):
-    """
-    C{show(id)}: everything about one transfer.
-    """
-
-    def test_everything(self):
-        """
-        C{show(id)} has the progress and every field of the SessionStats so
-        far.
-        """
-        port = self.start()
-        self.reactor.advance(0.5)
-        port.deliver(ack(1), CLIENT)
-        text = self.ns["show"](1)
-        self.assertIn("transfer 1: 'boot/pxelinux.0' to 198.51.100.20:3000", text)
-        self.assertIn("1 block(s) acknowledged", text)
-        for name in ("peer", "server_addr", "local_addr", "bytes_sent", "size",
-                     "retransmits", "windowsize", "blksize", "start_time",
-                     "last_ack_time", "packets_sent", "options_in"):  # fmt: skip
-            self.assertRegex(text, rf"\n    {name} +")
-        self.assertIn("size             5000", text)
-        self.assertIn("last_ack_time    1000.5 (0.0s ago)", text)
-
-    def test_unknown(self):
-        """
-        An id that is not a live transfer gets a hint, not a traceback.
-        """
-        self.assertEqual(self.ns["show"](7), "No live transfer 7; ls() lists them")
-
-
-class KillTests(NamespaceMixin, SynchronousTestCase):
-    """
-    C{kill(id)}: the operator ends a transfer.
-    """
-
-    def test_kill(self):
-        """
-        The client gets ERROR 0 "terminated by operator", the transfer ends
-        as aborted and lets go of its port, and the kill is counted and
-        logged.
-        """
-        port = self.start()
-        port.take()
-        with capturedLogs() as events:
-            text = self.ns["kill"](1)
-        self.assertEqual(
-            port.take(), [wire.Error(0, "terminated by operator").encode()]
-        )
-        self.assertFalse(port.listening)
-        self.assertEqual(self.server.sessions, {})
-        (stats,) = self.finished
-        self.assertEqual(stats.outcome, Outcome.ABORTED)
-        self.assertEqual(stats.error_message, "terminated by operator")
-        self.assertEqual(self.server.stats.counters["sessions.killed"], 1)
-        self.assertEqual(self.server.stats.counters["outcome.aborted"], 1)
-        self.assertIn("Killed transfer 1: 'boot/pxelinux.0'", text)
-        self.assertEqual(
-            [e["session_id"] for e in events if "session_id" in e], [1]
-        )
-        self.assertEqual(self.reactor.getDelayedCalls(), [])
-
-    def test_kill_one_of_two(self):
-        """
-        Killing one transfer leaves the other running.
-        """
-        self.start()
-        other = self.start(peer=OTHER)
-        other.take()
-        self.ns["kill"](1)
-        self.assertEqual(list(self.server.sessions), [2])
-        other.deliver(ack(1), OTHER)
-        self.assertEqual(len(other.take()), 1)
-
-    def test_kill_unknown(self):
-        """
-        Killing an id that is not live changes nothing and says so.
-        """
-        self.assertEqual(self.ns["kill"](3), "No live transfer 3; ls() lists them")
-        self.assertNotIn("sessions.killed", self.server.stats.counters)
-
-
-class CountersTests(NamespaceMixin, SynchronousTestCase):
-    """
-    C{counters()}: the server counters.
-    """
-
-    def test_counters(self):
-        """
-        C{counters()} is a dictionary of the counters, sorted by name, shown
-        as an aligned table; reading it resets nothing.
-        """
-        port = self.start("small.cfg")
-        port.deliver(ack(1), CLIENT)
-        counters = self.ns["counters"]()
-        self.assertEqual(counters["outcome.completed"], 1)
-        self.assertEqual(counters["requests.read"], 1)
-        self.assertEqual(list(counters), sorted(counters))
-        self.assertIn("outcome.completed  1", repr(counters))
-        self.assertEqual(self.ns["counters"](), counters)
-
-    def test_no_counters(self):
-        """
-        Before anything happened, the table says so.
-        """
-        self.assertEqual(repr(self.ns["counters"]()), "(no counters yet)")
-
-
-class DrainTests(NamespaceMixin, SynchronousTestCase):
-    """
-    C{drain()} and C{resume()}.
-    """
-
-    def test_drain_and_resume(self):
-        """
-        After C{drain()} a new request gets no answer at all while the
-        running transfer completes; after C{resume()} requests are served.
-        """
-        running = self.start("small.cfg")
-        self.assertIn("DRAINING", self.ns["drain"]())
-        self.assertTrue(self.server.draining)
-        self.listener.deliver(rrq("small.cfg"), OTHER, "192.0.2.1")
-        self.assertEqual(self.listener.sent, [])
-        self.assertEqual(len(self.reactor.ports), 2)
-        running.deliver(ack(1), CLIENT)
-        self.assertEqual(self.finished[0].outcome, Outcome.COMPLETED)
-        self.assertEqual(self.ns["resume"](), "serving: 0 transfer(s) in flight")
-        self.listener.deliver(rrq("small.cfg"), OTHER, "192.0.2.1")
-        self.assertEqual(len(self.reactor.ports), 3)
-        self.assertEqual(self.server.stats.counters["requests.drained"], 1)
-
-
-class SettingsTests(NamespaceMixin, SynchronousTestCase):
-    """
-    The live settings.
-    """
-
-    def test_read(self):
-        """
-        Every setting reads as the server's current value, and the object
-        shows them all.
-        """
-        settings = self.ns["settings"]
-        self.assertEqual(settings.max_blksize, 1024)
-        self.assertEqual(settings.max_windowsize, 64)
-        self.assertEqual(settings.timeout, 1.0)
-        self.assertEqual(settings.retries, 5)
-        self.assertEqual(settings.rollover, 0)
-        self.assertEqual(settings.log_rate, 100)
-        self.assertIn("max_blksize      1024", repr(settings))
-        self.assertEqual(
-            sorted(dir(settings)),
-            sorted(["max_blksize", "max_windowsize", "max_window_bytes",
-                    "timeout", "retries", "rollover", "log_rate"]),
-        )  # fmt: skip
-
-    def test_new_transfers_use_new_limits(self):
-        """
-        A new max_blksize applies to transfers that start afterwards; a
-        running transfer keeps what it negotiated.
-        """
-        running = self.start(blksize=1024)
-        with capturedLogs() as events:
-            self.ns["settings"].max_blksize = 600
-        self.assertEqual(self.server.settings.limits.max_blksize, 600)
-        self.assertEqual(self.server.settings.limits.max_windowsize, 64)
-        self.assertEqual(running.take(), [wire.OptionAck({"blksize": "1024"}).encode()])
-        fresh = self.start(peer=OTHER, blksize=1024)
-        self.assertEqual(fresh.take(), [wire.OptionAck({"blksize": "600"}).encode()])
-        running.deliver(ack(0), CLIENT)
-        self.assertEqual(len(running.take()[0]), 4 + 1024)
-        (event,) = [e for e in events if e.get("setting")]
-        self.assertEqual((event["old"], event["new"]), (1024, 600))
-
-    def test_new_timeout_and_retries(self):
-        """
-        A new timeout and retry count shape the retransmissions of new
-        transfers.
-        """
-        settings = self.ns["settings"]
-        settings.timeout = 3
-        settings.retries = 0
-        self.assertEqual(settings.timeout, 3.0)
-        port = self.start("small.cfg")
-        first = port.take()
-        self.reactor.advance(2.9)
-        self.assertEqual(port.take(), [])
-        self.assertTrue(port.listening)
-        self.reactor.advance(0.1)
-        self.assertEqual(port.take(), [])
-        self.assertFalse(port.listening)
-        self.assertEqual(self.finished[0].outcome, Outcome.TIMEOUT)
-        self.assertTrue(first)
-
-    def test_bad_values_change_nothing(self):
-        """
-        A value of the wrong type or out of range raises with the allowed
-        range and leaves the setting as it was.
-        """
-        settings = self.ns["settings"]
-        for name, value, error in [
-            ("max_blksize", 7, ValueError),
-            ("max_blksize", 70000, ValueError),
-            ("max_windowsize", 0, ValueError),
-            ("timeout", 0, ValueError),
-            ("retries", -1, ValueError),
-            ("rollover", 2, ValueError),
-            ("retries", 2.5, TypeError),
-            ("max_blksize", "1428", TypeError),
-            ("timeout", True, TypeError),
-        ]:
-            before = getattr(settings, name)
-            exc = self.assertRaises(error, setattr, settings, name, value)
-            self.assertIn(name, str(exc))
-            self.assertEqual(getattr(settings, name), before)
-
-    def test_unknown_setting(self):
-        """
-        A misspelt setting is refused with the list of real ones, instead of
-        silently creating an attribute.
-        """
-        settings = self.ns["settings"]
-        exc = self.assertRaises(AttributeError, setattr, settings, "blksize", 512)
-        self.assertIn("max_blksize", str(exc))
-        self.assertRaises(AttributeError, getattr, settings, "blksize")
 
 
 class DefaultStateDirTests(SynchronousTestCase):
@@ -494,9 +110,7 @@ class HostKeyTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
         self.assertEqual(stat.S_IMODE(os.stat(self.directory).st_mode), 0o700)
         with open(self.path + ".pub", "rb") as file:
-            self.assertEqual(
-                keys.Key.fromString(file.read()), key.public()
-            )
+            self.assertEqual(keys.Key.fromString(file.read()), key.public())
         self.assertEqual(
             [e["fingerprint"] for e in events if "fingerprint" in e],
             [manhole.fingerprint(key)],
@@ -579,9 +193,7 @@ class AuthorizedKeysTests(SynchronousTestCase):
         """
         for lines in [(), ("# nobody yet", "")]:
             write_keys(self.path, *lines)
-            exc = self.assertRaises(
-                ValueError, manhole.read_authorized_keys, self.path
-            )
+            exc = self.assertRaises(ValueError, manhole.read_authorized_keys, self.path)
             self.assertIn("holds no public key", str(exc))
 
     def test_writable_by_others(self):
@@ -900,7 +512,7 @@ class SessionTests(SynchronousTestCase):
         reason.trap(ProcessDone)
 
 
-class PromptTests(NamespaceMixin, SynchronousTestCase):
+class PromptTests(SynchronousTestCase):
     """
     The helpers at Conch's manhole prompt, on an in-memory terminal.
     """
@@ -911,9 +523,14 @@ class PromptTests(NamespaceMixin, SynchronousTestCase):
         """
         from twisted.conch.insults import insults
 
-        self.start()
+        reactor = FakeUDPReactor()
+        server = TFTPServer(MemoryHandler({"small.cfg": b"x"}), reactor=reactor)
+        listener = reactor.listenUDP(69, server, interface="0.0.0.0")
+        request = wire.ReadRequest("small.cfg", "octet", {}).encode()
+        listener.deliver(request, ("198.51.100.20", 3000), "192.0.2.1")
+        namespace = make_namespace(server, reactor)
         transport = StringTransport()
-        terminal = insults.ServerProtocol(manhole.manhole.ColoredManhole, self.ns)
+        terminal = insults.ServerProtocol(manhole.manhole.ColoredManhole, namespace)
         terminal.makeConnection(transport)
         transport.clear()
         terminal.dataReceived(b"ls()\r")

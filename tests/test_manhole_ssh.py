@@ -25,7 +25,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tftpd_tx.content import FileNotFound
-from tftpd_tx.manhole import HOST_KEY_NAME, make_namespace, manhole_service
+from tftpd_tx.manhole import HOST_KEY_NAME, manhole_service
+from tftpd_tx.operator import make_namespace
 from tftpd_tx.service import TFTPService
 
 from clients import require_program, spawn
@@ -41,7 +42,6 @@ BIG = bytes(range(256)) * 4096
 SMALL = b"default local\n" * 300
 
 _ANSI = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[78=>cDEHM])")
-
 
 
 # -- slow content ---------------------------------------------------------------

@@ -2,8 +2,9 @@
 The operator's SSH manhole: a Python prompt inside the running server.
 
 An operator logs in with an SSH key listed in an OpenSSH C{authorized_keys}
-file and gets a Python prompt whose namespace holds the live server and a few
-helpers (C{help()} lists them)::
+file and gets a Python prompt whose namespace, made by the caller (usually
+L{tftpd_tx.operator.make_namespace}), holds the live server and a few helpers
+(C{help()} lists them)::
 
     $ ssh -p 2222 127.0.0.1
     >>> ls()
@@ -29,18 +30,17 @@ Security, in one place:
 C{ssh -p 2222 127.0.0.1 'ls()'} runs one line and prints its result as
 plain text, for scripts.
 
-Nothing here waits on the network or a terminal: helpers read in-memory
-state, the only file read at login is the small keys file, and the prompt
-never reads standard input (C{help()} is replaced by a list of helpers).
+This module holds the SSH side only: the configuration checks, the host
+key, authentication and Conch's glue.  Nothing here waits on the network or
+a terminal: the only file read at login is the small keys file, and the
+prompt never reads standard input (the namespace's C{help()} returns text).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import ipaddress
 import os
-import pydoc
 import stat
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -61,23 +61,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .options import Limits
-from .settings import SETTING_BOUNDS
-
 __all__ = [
     "HOST_KEY_NAME",
-    "KILL_MESSAGE",
     "AuthorizedKeysFile",
-    "LiveSettings",
     "ManholeFactory",
     "ManholeService",
-    "OperatorNamespace",
     "check_endpoint",
     "check_state_dir",
     "default_state_dir",
     "fingerprint",
     "load_or_create_host_key",
-    "make_namespace",
     "manhole_service",
     "read_authorized_keys",
 ]
@@ -85,9 +78,6 @@ __all__ = [
 #: The host key's file name in the state directory (its public half has
 #: C{.pub} appended, as ssh-keygen does).
 HOST_KEY_NAME = "manhole_host_ed25519_key"
-
-#: What the client of a transfer ended with L{OperatorNamespace.kill} reads.
-KILL_MESSAGE = "terminated by operator"
 
 _log = Logger()
 
@@ -623,8 +613,10 @@ class ManholeService(Service):
                     f"the manhole is bound to {host.host}, which is not loopback: "
                     "listen on 127.0.0.1 or allow remote logins explicitly"
                 )
-            where = f"[{host.host}]:{host.port}" if ":" in host.host else (
-                f"{host.host}:{host.port}"
+            where = (
+                f"[{host.host}]:{host.port}"
+                if ":" in host.host
+                else (f"{host.host}:{host.port}")
             )
         else:
             where = str(getattr(host, "name", host))
@@ -690,319 +682,3 @@ def manhole_service(
         reactor,
         allow_remote=allow_remote,
     )
-
-
-# -- the namespace -----------------------------------------------------------
-
-
-class _Text(str):
-    """
-    Text that the prompt shows as it is (not as a quoted string).
-    """
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
-class _Counters(dict):
-    """
-    The server counters: a dictionary, shown as an aligned table.
-    """
-
-    def __repr__(self) -> str:
-        if not self:
-            return "(no counters yet)"
-        width = max(map(len, self))
-        return "\n".join(f"{name:<{width}}  {value}" for name, value in self.items())
-
-
-def _address(address) -> str:
-    if not address:
-        return "-"
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.1f}s"
-    minutes, seconds = divmod(int(value), 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "?"
-    for unit in ("", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value}" if not unit else f"{value:.1f}{unit}"
-        value /= 1024
-    return str(value)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-        for row in [header, *rows]
-    )
-
-
-_LIMITS = {field.name for field in dataclasses.fields(Limits)}
-
-#: Each live setting: its type, its bounds, and whether it lives in the
-#: L{Limits} of the settings.
-_SETTING_RULES = {
-    name: (kind, low, high, name in _LIMITS)
-    for name, (kind, low, high) in SETTING_BOUNDS.items()
-}
-
-
-class LiveSettings:
-    """
-    The server's settings, read and changed as attributes
-    (C{settings.max_blksize = 1428}); new transfers use the new values,
-    running ones keep theirs.  Values are checked: a bad one raises and
-    changes nothing.
-    """
-
-    __slots__ = ("_server",)
-
-    def __init__(self, server) -> None:
-        object.__setattr__(self, "_server", server)
-
-    def __dir__(self):
-        return list(_SETTING_RULES)
-
-    def __getattr__(self, name: str):
-        rule = _SETTING_RULES.get(name)
-        if rule is None:
-            raise AttributeError(
-                f"no setting {name!r}; the settings are: {', '.join(_SETTING_RULES)}"
-            )
-        settings = self._server.settings
-        return getattr(settings.limits if rule[3] else settings, name)
-
-    def __setattr__(self, name: str, value) -> None:
-        rule = _SETTING_RULES.get(name)
-        if rule is None:
-            raise AttributeError(
-                f"no setting {name!r}; the settings are: {', '.join(_SETTING_RULES)}"
-            )
-        kind, low, high, group = rule
-        if isinstance(value, bool) or not isinstance(
-            value, (int, float) if kind is float else int
-        ):
-            raise TypeError(f"{name} must be {kind.__name__}, not {value!r}")
-        if not low <= value <= high:
-            raise ValueError(f"{name} must be from {low} to {high}, not {value!r}")
-        value = kind(value)
-        settings = self._server.settings
-        old = getattr(self, name)
-        if group:
-            settings.limits = dataclasses.replace(settings.limits, **{name: value})
-        else:
-            setattr(settings, name, value)
-        _log.info(
-            "Operator changed {setting} from {old} to {new}; new transfers use it",
-            setting=name,
-            old=old,
-            new=value,
-        )
-
-    def __repr__(self) -> str:
-        return "\n".join(f"{name:<16} {getattr(self, name)}" for name in _SETTING_RULES)
-
-
-class OperatorNamespace:
-    """
-    The helpers of the manhole prompt, for one L{tftpd_tx.server.TFTPServer}.
-
-    L{as_dict} makes the namespace of a prompt; every helper returns text (or
-    a dictionary) that the prompt shows as a table, so it is as easy to read
-    as to test.
-
-    @param server: the L{tftpd_tx.server.TFTPServer}.
-    @param clock: the C{IReactorTime} its sessions use (for ages).
-    """
-
-    def __init__(self, server, clock) -> None:
-        self.server = server
-        self.clock = clock
-        self.settings = LiveSettings(server)
-
-    def as_dict(self) -> dict:
-        """
-        A fresh namespace: the live objects and the helpers.
-        """
-        server = self.server
-        return {
-            "server": server,
-            "stats": server.stats,
-            "sessions": server.sessions,
-            "settings": self.settings,
-            "ls": self.ls,
-            "show": self.show,
-            "kill": self.kill,
-            "counters": self.counters,
-            "drain": self.drain,
-            "resume": self.resume,
-            "help": self.help,
-        }
-
-    def _state(self) -> str:
-        count = len(self.server.sessions)
-        if self.server.draining:
-            return (
-                f"DRAINING: new requests are ignored; {count} transfer(s) in "
-                "flight; resume() to accept again"
-            )
-        return f"serving: {count} transfer(s) in flight"
-
-    def ls(self) -> _Text:
-        """List the live transfers and whether the server is draining."""
-        now = self.clock.seconds()
-        rows = []
-        for session_id, session in sorted(self.server.sessions.items()):
-            stats = session.stats
-            if stats.size:
-                progress = f"{_size(stats.bytes_sent)}/{_size(stats.size)}"
-                progress += f" {100 * stats.bytes_sent // stats.size}%"
-            else:
-                progress = f"{_size(stats.bytes_sent)}/{_size(stats.size)}"
-            last_ack = stats.last_ack_time
-            rows.append(
-                [
-                    str(session_id),
-                    _address(session.peer),
-                    _address(stats.local_addr or stats.server_addr),
-                    stats.file_path,
-                    str(session.blocks_acknowledged),
-                    str(stats.blksize),
-                    str(stats.windowsize),
-                    progress,
-                    str(stats.retransmits),
-                    _seconds(now - stats.start_time),
-                    _seconds(None if last_ack is None else now - last_ack),
-                ]
-            )
-        header = [
-            "ID", "PEER", "LOCAL", "PATH", "BLOCK", "BLKSIZE", "WINDOW",
-            "SENT/TOTAL", "RETX", "AGE", "LAST-ACK",
-        ]  # fmt: skip
-        text = self._state()
-        if rows:
-            text += "\n" + _table(header, rows)
-        return _Text(text)
-
-    def _session(self, session_id):
-        session = self.server.sessions.get(session_id)
-        if session is None or session.ended:
-            return None
-        return session
-
-    def show(self, session_id: int) -> _Text:
-        """Everything about one live transfer, its SessionStats included."""
-        session = self._session(session_id)
-        if session is None:
-            return _Text(f"No live transfer {session_id!r}; ls() lists them")
-        now = self.clock.seconds()
-        stats = session.stats
-        lines = [
-            f"transfer {session_id}: {stats.file_path!r} to {_address(session.peer)}",
-            f"  age {_seconds(now - stats.start_time)}, "
-            f"{session.blocks_acknowledged} block(s) acknowledged, last ACK "
-            + (
-                "none yet"
-                if stats.last_ack_time is None
-                else f"{_seconds(now - stats.last_ack_time)} ago"
-            ),
-            "  SessionStats:",
-        ]
-        values = [(f.name, getattr(stats, f.name)) for f in dataclasses.fields(stats)]
-        values += [
-            ("duration", stats.duration),
-            ("handler_latency", stats.handler_latency),
-        ]
-        width = max(len(name) for name, _ in values)
-        for name, value in values:
-            shown = repr(value)
-            if name.endswith("_time") and value is not None:
-                shown += f" ({_seconds(now - value)} ago)"
-            lines.append(f"    {name:<{width}}  {shown}")
-        return _Text("\n".join(lines))
-
-    def kill(self, session_id: int) -> _Text:
-        """End a transfer: its client gets ERROR 0 'terminated by operator'."""
-        session = self._session(session_id)
-        if session is None:
-            return _Text(f"No live transfer {session_id!r}; ls() lists them")
-        stats = session.stats
-        session.abort(KILL_MESSAGE)
-        self.server.stats.increment("sessions.killed")
-        _log.info(
-            "Operator killed transfer {session_id}: {path!r} to {peer}",
-            session_id=session_id,
-            path=stats.file_path,
-            peer=session.peer,
-        )
-        return _Text(
-            f"Killed transfer {session_id}: {stats.file_path!r} to "
-            f"{_address(session.peer)} ({stats.bytes_sent} bytes sent)"
-        )
-
-    def counters(self) -> _Counters:
-        """The server counters, by name (a dict; not reset)."""
-        return _Counters(sorted(self.server.stats.counters.items()))
-
-    def drain(self) -> _Text:
-        """Ignore new requests (clients retry elsewhere); running ones finish."""
-        self.server.drain()
-        return _Text(self._state())
-
-    def resume(self) -> _Text:
-        """Accept new requests again after drain()."""
-        self.server.resume()
-        return _Text(self._state())
-
-    def help(self, thing=None) -> _Text:
-        """This list; help(thing) shows the documentation of thing."""
-        if thing is not None:
-            return _Text(pydoc.render_doc(thing, renderer=pydoc.plaintext))
-        helpers = [self.ls, self.show, self.kill, self.counters, self.drain,
-                   self.resume, self.help]  # fmt: skip
-        calls = {
-            "show": "show(id)",
-            "kill": "kill(id)",
-            "help": "help(thing)",
-        }
-        lines = ["Helpers:"]
-        for helper in helpers:
-            name = helper.__name__
-            lines.append(f"  {calls.get(name, name + '()'):<12} {_first_line(helper)}")
-        lines += [
-            "Objects:",
-            "  server       the TFTPServer",
-            "  stats        its ServerStats (counters, active_sessions)",
-            "  sessions     the live transfers (ReadSession), by id",
-            "  settings     live settings, for new transfers: settings.timeout = 2",
-            "               " + ", ".join(_SETTING_RULES),
-        ]
-        return _Text("\n".join(lines))
-
-
-def _first_line(function) -> str:
-    return (function.__doc__ or "").strip().splitlines()[0]
-
-
-def make_namespace(server, clock) -> dict:
-    """
-    A fresh manhole namespace for C{server}; C{clock} is the C{IReactorTime}
-    its transfers run on.
-    """
-    return OperatorNamespace(server, clock).as_dict()

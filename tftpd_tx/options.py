@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The limits are settings, described with the others; the RFC bounds on
+# blksize and windowsize are theirs too.
+from .settings import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE, Limits
+
 __all__ = [
     "DEFAULT_BLKSIZE",
     "MIN_BLKSIZE",
@@ -25,54 +29,9 @@ __all__ = [
 
 #: RFC 1350's block size, used when the client asks for nothing else.
 DEFAULT_BLKSIZE = 512
-#: RFC 2348's bounds on the blksize option.
-MIN_BLKSIZE = 8
-MAX_BLKSIZE = 65464
-#: RFC 7440's bound on the windowsize option.
-MAX_WINDOWSIZE = 65535
 #: RFC 2349's bounds on the timeout option, in seconds.
 MIN_TIMEOUT = 1
 MAX_TIMEOUT = 255
-
-
-@dataclass(frozen=True)
-class Limits:
-    """
-    What the server allows a client to negotiate.
-
-    @ivar max_blksize: the largest block size accepted; larger requests are
-        clamped to it.
-    @ivar max_windowsize: the largest window, in blocks.
-    @ivar max_window_bytes: the most payload bytes one window may hold, so a
-        client asking for 64 blocks of 64 KiB does not get 4 MiB in flight;
-        the window is clamped to C{max_window_bytes // blksize} (at least 1).
-        The default, 192 KiB, is what a client's receive buffer holds with
-        Linux's default size (212992 bytes, kernel overhead included): three
-        64 KiB blocks arrive whole where four overflow it.
-    """
-
-    max_blksize: int = MAX_BLKSIZE
-    max_windowsize: int = 64
-    max_window_bytes: int = 192 * 1024
-
-    def __post_init__(self) -> None:
-        # A limit outside the RFC ranges would let negotiate() grant what no
-        # RFC allows (a 0-byte block divides by zero below): refuse it here,
-        # when the server is configured, not on some client's request.
-        if not MIN_BLKSIZE <= self.max_blksize <= MAX_BLKSIZE:
-            raise ValueError(
-                f"max_blksize must be between {MIN_BLKSIZE} and {MAX_BLKSIZE}, "
-                f"not {self.max_blksize!r}"
-            )
-        if not 1 <= self.max_windowsize <= MAX_WINDOWSIZE:
-            raise ValueError(
-                f"max_windowsize must be between 1 and {MAX_WINDOWSIZE}, "
-                f"not {self.max_windowsize!r}"
-            )
-        if self.max_window_bytes < 1:
-            raise ValueError(
-                f"max_window_bytes must be positive, not {self.max_window_bytes!r}"
-            )
 
 
 @dataclass(frozen=True)

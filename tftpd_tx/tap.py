@@ -14,38 +14,25 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from .filesystem import FilesystemHandler
-from .options import MAX_BLKSIZE, Limits
-from .settings import SETTING_BOUNDS, Settings
+from .settings import SCHEMA, Setting, Settings
 from .service import TFTPService, listening_address
 
+#: The listening port, checked as the settings are (it is not one: it is
+#: where the server listens, not how it behaves).
+_PORT = Setting("port", int, 69, "UDP port to listen on.", low=0, high=65535, short="p")
 
-def _bounded(kind, low, high, option):
+
+def _parameter(row: Setting) -> list:
     """
-    A coercer for C{option} that accepts a C{kind} within C{[low, high]}
-    and says what is wrong otherwise.
+    The C{optParameters} entry of the option for C{row}: its default, help
+    and bounds all come from the row.
     """
 
     def coerce(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ValueError(
-                f"--{option} must be a number from {low} to {high}, not {text!r}"
-            ) from None
-        if not low <= value <= high:
-            raise ValueError(f"--{option} must be from {low} to {high}, not {text}")
-        return value
+        return row.parse(text)
 
-    coerce.coerceDoc = f"From {low} to {high}."
-    return coerce
-
-
-def _setting(name):
-    """
-    The coercer of the option that sets the setting C{name}.
-    """
-    kind, low, high = SETTING_BOUNDS[name]
-    return _bounded(kind, low, high, name.replace("_", "-"))
+    coerce.coerceDoc = row.allowed_doc
+    return [row.option, row.short, row.command_line_default, row.help, coerce]
 
 
 class Options(usage.Options):
@@ -70,7 +57,7 @@ class Options(usage.Options):
             "Serve with your own handler instead: package.module:factory, "
             "where factory() returns the handler (found on PYTHONPATH).",
         ],
-        ["port", "p", 69, "UDP port to listen on.", _bounded(int, 0, 65535, "port")],
+        _parameter(_PORT),
         [
             "interface",
             "i",
@@ -78,59 +65,7 @@ class Options(usage.Options):
             "Address to listen on (IPv4 or IPv6). Default: every address, "
             "IPv4 and IPv6, on one dual-stack socket.",
         ],
-        [
-            "timeout",
-            "t",
-            1.0,
-            "First retransmit wait in seconds (may be fractional), when the "
-            "client does not negotiate one; later waits double, up to 8 times it.",
-            _setting("timeout"),
-        ],
-        [
-            "retries",
-            None,
-            5,
-            "Retransmissions of the same packets before a transfer is given up.",
-            _setting("retries"),
-        ],
-        [
-            "max-blksize",
-            None,
-            MAX_BLKSIZE,
-            "Largest block size granted (RFC 2348); larger requests are clamped.",
-            _setting("max_blksize"),
-        ],
-        [
-            "max-windowsize",
-            None,
-            64,
-            "Largest window granted, in blocks (RFC 7440).",
-            _setting("max_windowsize"),
-        ],
-        [
-            "max-window-bytes",
-            None,
-            192 * 1024,
-            "Most payload bytes one window may hold; the window is clamped to "
-            "this divided by the block size.",
-            _setting("max_window_bytes"),
-        ],
-        [
-            "rollover",
-            None,
-            0,
-            "Block number that follows 65535: 0 or 1.",
-            _setting("rollover"),
-        ],
-        [
-            "log-rate",
-            None,
-            100,
-            "Most transfer lines (finished transfers, refused requests) "
-            "logged a second; past it one line a second sums up the rest. "
-            "0: log every one.",
-            _setting("log_rate"),
-        ],
+        *[_parameter(row) for row in SCHEMA],
         [
             "manhole",
             None,
@@ -291,20 +226,11 @@ def load_handler(spec: str):
 
 def makeService(options: Options) -> MultiService:
     """
-    The TFTP listener, in a L{MultiService} that later services (metrics)
-    join, with the SSH manhole (named C{"manhole"}) when C{--manhole} is given.
+    The TFTP listener (named C{"tftp"}), in a L{MultiService} that later
+    services (metrics) join, with the SSH manhole (named C{"manhole"}) when
+    C{--manhole} is given.
     """
-    settings = Settings(
-        limits=Limits(
-            max_blksize=options["max-blksize"],
-            max_windowsize=options["max-windowsize"],
-            max_window_bytes=options["max-window-bytes"],
-        ),
-        timeout=options["timeout"],
-        retries=options["retries"],
-        rollover=options["rollover"],
-        log_rate=options["log-rate"],
-    )
+    settings = Settings.from_dict({row.name: options[row.option] for row in SCHEMA})
     top = MultiService()
     handler = options["handler"] or FilesystemHandler(options["root"])
     tftp = TFTPService(
@@ -313,11 +239,13 @@ def makeService(options: Options) -> MultiService:
         interface=options["interface"],
         settings=settings,
     )
+    tftp.setName("tftp")
     tftp.setServiceParent(top)
     if options["manhole"] is not None:
         from twisted.internet import reactor
 
-        from .manhole import make_namespace, manhole_service
+        from .manhole import manhole_service
+        from .operator import make_namespace
 
         manhole = manhole_service(
             options["manhole"],
