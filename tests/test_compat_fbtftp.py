@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tftpd_tx import wire
+from tftpd_tx import IllegalOperation, wire
 from tftpd_tx.compat.fbtftp import (
     BaseHandler,
     BaseServer,
@@ -499,6 +499,90 @@ class HandlerFailureTests(TestCase):
         self.assertEqual((stats.bytes_sent, stats.packets_acked), (14, 0))
 
 
+class _Datagrams(DatagramProtocol):
+    """
+    A client socket that queues each datagram it gets, decoded, with its
+    source address.
+    """
+
+    noisy = False
+
+    def __init__(self):
+        self.received = defer.DeferredQueue()
+
+    def datagramReceived(self, datagram, addr):
+        self.received.put((wire.decode(datagram), addr))
+
+
+class SessionIdentityTests(TestCase):
+    """
+    Each session is reported to its own handler's callback, whatever other
+    transfers its client made from the same address and port.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_size_probe_then_fetch_from_one_port(self):
+        """
+        A PXE ROM asks for the size, ends that transfer with an ERROR in
+        answer to the OACK, then fetches the file from the same port: each
+        handler gets its own session once, the probe with the client's error
+        and nothing sent, the fetch complete.
+        """
+        content = "kernel image\n"
+        reports = defer.DeferredQueue()
+        handlers = []
+
+        class Handler(BaseHandler):
+            def get_response_data(self):
+                return StringResponseData(content)
+
+        class Server(BaseServer):
+            def get_handler(self, server_addr, peer, path, options):
+                number = len(handlers)
+                handlers.append(number)
+
+                def report(stats):
+                    reactor.callFromThread(reports.put, (number, stats))
+
+                return Handler(server_addr, peer, path, options, report)
+
+        server = Server("127.0.0.1", 0, 3, 5)
+        self.addCleanup(server.stop)
+        yield server.start()
+        client = _Datagrams()
+        port = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        port.write(
+            wire.ReadRequest("pxelinux.0", "octet", {"tsize": "0"}).encode(),
+            server.bound_address,
+        )
+        oack, probe_port = yield client.received.get()
+        self.assertEqual(oack, wire.OptionAck({"tsize": str(len(content))}))
+        port.write(wire.Error(8, "tsize only").encode(), probe_port)
+        port.write(wire.ReadRequest("pxelinux.0", "octet").encode(), server.bound_address)
+        data, fetch_port = yield client.received.get()
+        self.assertEqual(data, wire.Data(1, content.encode()))
+        port.write(wire.Ack(1).encode(), fetch_port)
+        first = yield reports.get()
+        second = yield reports.get()
+        (_, probe), (_, fetch) = sorted([first, second], key=lambda report: report[0])
+        self.assertEqual(handlers, [0, 1])
+        self.assertEqual(probe.options_in, {"mode": "octet", "tsize": "0"})
+        self.assertEqual(probe.error, {"error_code": 8, "error_message": "tsize only"})
+        self.assertEqual((probe.bytes_sent, probe.packets_sent), (0, 1))
+        self.assertEqual(probe.tftpd_stats.outcome, "probe")
+        self.assertEqual(fetch.options_in, {"mode": "octet"})
+        self.assertEqual(fetch.error, {})
+        self.assertEqual((fetch.bytes_sent, fetch.packets_acked), (len(content), 1))
+        self.assertEqual(fetch.tftpd_stats.outcome, "completed")
+        self.assertEqual(
+            (probe.tftpd_stats.session_id, fetch.tftpd_stats.session_id), (1, 2)
+        )
+        self.assertEqual(probe.peer, fetch.peer)
+
+
 class _Lines(ProcessProtocol):
     def __init__(self):
         self.output = b""
@@ -655,6 +739,28 @@ class HandlerTests(SynchronousTestCase):
 
         self.assertEqual(
             self.handler(missing)._stats.error, {"error_code": 1, "error_message": "gone"}
+        )
+
+    def test_codes_as_tftpd_tx_gives_them(self):
+        """
+        Other failures get the code tftpd_tx gives them everywhere: a
+        C{PermissionError} is error 2, a L{tftpd_tx.TFTPError} its own code,
+        each with the exception's text.
+        """
+
+        def forbidden():
+            raise PermissionError("not yours")
+
+        def refused():
+            raise IllegalOperation("no writes here")
+
+        self.assertEqual(
+            self.handler(forbidden)._stats.error,
+            {"error_code": 2, "error_message": "not yours"},
+        )
+        self.assertEqual(
+            self.handler(refused)._stats.error,
+            {"error_code": 4, "error_message": "no writes here"},
         )
 
     def test_other_exception(self):

@@ -23,9 +23,9 @@ What stays as in fbtftp:
     - C{get_handler(server_addr, peer, path, options)} is called for each
       read request with fbtftp's C{options}: C{mode}, C{default_timeout},
       C{retries}, then the client's options, names lower-cased.  The
-      handler's constructor calls C{get_response_data()}; a
-      C{FileNotFoundError} there becomes TFTP error 1, any other exception
-      error 0, recorded in C{SessionStats.error} as fbtftp does.
+      handler's constructor calls C{get_response_data()}; an exception there
+      is recorded in C{SessionStats.error} as fbtftp does, with the
+      exception's text.
     - The handler's C{stats_callback} gets its L{SessionStats} once, when
       the session ends (also when it was refused), with fbtftp's attribute
       names; then the response is closed.
@@ -48,9 +48,14 @@ What differs, and why:
     - C{read(n)} is called until it has C{n} bytes or returns nothing, as
       fbtftp does; C{size()} is called only when the client asks for
       C{tsize}.
-    - Clients get generic messages for handler failures ("File not found",
-      "Internal server error"); the exception text, which may name server
-      paths, goes only to C{SessionStats.error} and the log.
+    - Handler failures get tftpd_tx's codes (L{tftpd_tx.content.error_for}),
+      in the client's ERROR and in C{SessionStats.error}:
+      C{FileNotFoundError} is error 1, C{PermissionError} error 2, a
+      L{TFTPError} its own code, anything else error 0 (fbtftp sends error 0
+      for all).  The client gets tftpd_tx's message ("File not found",
+      "Access violation", "Internal server error", or the L{TFTPError}'s);
+      the exception text, which may name server paths, goes only to
+      C{SessionStats.error} and the log.
     - C{ResponseData} is L{tftpd_tx.ResponseData}: a subclass without
       C{size()} has no size (C{tsize} is declined) and one without
       C{close()} has nothing to close, where fbtftp's raise
@@ -108,9 +113,10 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..content import IHandler, IResponseData, Request, ResponseData, TFTPError
-from ..server import Settings
+from ..content import IHandler, Request, ResponseData, TFTPError, error_for
+from ..handlers import SerialCalls, ThreadedResponseData
 from ..service import TFTPService
+from ..settings import Settings
 from ..stats import Outcome
 from ..stats import ServerStats as _ServerStats
 from ..stats import SessionStats as _SessionStats
@@ -152,10 +158,6 @@ constants = types.SimpleNamespace(
 
 _READ_FAILED = "Error while reading from source"
 _STOPPED = object()
-_CLIENT_MESSAGES = {
-    constants.ERR_FILE_NOT_FOUND: "File not found",
-    constants.ERR_UNDEFINED: "Internal server error",
-}
 
 
 # -- responses ----------------------------------------------------------------
@@ -213,7 +215,8 @@ class SessionStats:
     @ivar end_time: (our extension) when the session ended, or L{None}.
     @ivar tftpd_stats: (our extension) the L{tftpd_tx.stats.SessionStats}
         this was built from, with windowsize, outcome, the transfer's local
-        address and the handler latency; L{None} when the handler refused.
+        address, the handler latency, the session id and the request;
+        L{None} when the handler refused.
     """
 
     def __init__(self, server_addr, peer, file_path):
@@ -403,26 +406,12 @@ class BaseHandler:
         self._block_size = constants.DEFAULT_BLKSIZE
         self._response_data = None
         self._stats = SessionStats(server_addr, peer, path)
-        # The traceback of an unexpected failure, for the server's log.
+        # Why the handler cannot serve, for the server to answer and log.
         self._tftpd_failure = None
         try:
             self._response_data = self.get_response_data()
-        except FileNotFoundError as error:
-            self._stats.error = {
-                "error_code": constants.ERR_FILE_NOT_FOUND,
-                "error_message": str(error),
-            }
-        except TFTPError as error:
-            self._stats.error = {
-                "error_code": int(error.code),
-                "error_message": error.message,
-            }
-        except Exception as error:
-            self._tftpd_failure = Failure()
-            self._stats.error = {
-                "error_code": constants.ERR_UNDEFINED,
-                "error_message": str(error),
-            }
+        except Exception:
+            _record_failure(self, Failure())
 
     def get_response_data(self):
         """
@@ -431,9 +420,21 @@ class BaseHandler:
         raise NotImplementedError()
 
 
+def _record_failure(handler: BaseHandler, failure: Failure) -> None:
+    """
+    Keep why a handler cannot serve, for the server, and record it in the
+    handler's stats as fbtftp does: the code the client gets (from
+    L{error_for}, so C{FileNotFoundError} is 1, a L{TFTPError} its own code)
+    and the exception's text.
+    """
+    handler._tftpd_failure = failure
+    code, _, _ = error_for(failure.value)
+    handler._stats.error = {"error_code": int(code), "error_message": str(failure.value)}
+
+
 class _Refused(TFTPError):
     """
-    A handler's failure, with the code fbtftp gives it.
+    A refusal with the code fbtftp gives it.
     """
 
     def __init__(self, code: int, message: str) -> None:
@@ -455,69 +456,37 @@ def _read_fully(response, n: int) -> bytes:
     return bytes(block)
 
 
-class _Serial:
-    """
-    Run blocking calls in a thread pool one after another, in order.
-
-    Cancelling the Deferred of a call abandons its result but not the order:
-    the next call still waits until the thread is done with this one.
-    """
-
-    def __init__(self, reactor, pool) -> None:
-        self._reactor = reactor
-        self._pool = pool
-        self._tail = succeed(None)
-
-    def run(self, function, *args) -> Deferred:
-        result = Deferred()
-
-        def deliver(outcome):
-            if not result.called:
-                if isinstance(outcome, Failure):
-                    result.errback(outcome)
-                else:
-                    result.callback(outcome)
-
-        def start(_):
-            job = deferToThreadPool(self._reactor, self._pool, function, *args)
-            return job.addBoth(deliver)
-
-        self._tail.addCallback(start)
-        return result
-
-
 class _Session:
     """
     The server's record of one handler, from its creation to its report.
+
+    @ivar calls: the L{SerialCalls} that every call to the handler's
+        response and its stats callback goes through: fbtftp's handlers
+        are called one at a time, in order.
     """
 
-    def __init__(self, handler, peer, serial: _Serial) -> None:
+    def __init__(self, handler, request: Request, calls: SerialCalls) -> None:
         self.handler = handler
-        self.peer = peer
-        self.serial = serial
+        self.request = request
+        self.calls = calls
         self.tftpd_stats: _SessionStats | None = None
 
 
-@implementer(IResponseData)
-class _ThreadedResponse:
+class _ThreadedResponse(ThreadedResponseData):
     """
-    A handler's L{ResponseData}, read in the thread pool.  Closing it hands
-    the session to the server, which reports it and then closes the
-    response.
+    A handler's L{ResponseData}, read in the thread pool the way fbtftp
+    fills a block.  Closing it hands the session to the server, which
+    reports it and then closes the response, in the same order.
     """
 
     def __init__(self, server: BaseServer, session: _Session, size) -> None:
+        super().__init__(session.handler._response_data, size, session.calls)
         self._server = server
         self._session = session
-        self._size = size
 
     def read(self, n: int) -> Deferred:
-        response = self._session.handler._response_data
-        reading = self._session.serial.run(_read_fully, response, n)
+        reading = self._calls.run(_read_fully, self._response, n)
         return reading.addErrback(self._server._read_failed, self._session)
-
-    def size(self):
-        return self._size
 
     def close(self) -> None:
         self._server._response_closed(self._session)
@@ -602,9 +571,10 @@ class BaseServer:
         self._stop_outcome = None
         self._stop_waiters: list[Deferred] = []
         self._stats_call = None
-        # Sessions handed to tftpd_tx, by peer: the server runs one request
-        # per peer address at a time, so the peer names the session.
-        self._live: dict[tuple, _Session] = {}
+        # Sessions handed to tftpd_tx, by the id() of their Request, which
+        # tftpd_tx gives back in SessionStats.request when the transfer ends.
+        # Each entry holds its request, so no other live object has that id.
+        self._live: dict[int, _Session] = {}
         # Work in flight (handler creation, reports, the stats callback),
         # which stop() waits for.
         self._busy = 0
@@ -873,21 +843,16 @@ class BaseServer:
         if handler is None or handler._stats.error:
             return handler, None
         if handler._response_data is None:
-            handler._stats.error = {
-                "error_code": constants.ERR_UNDEFINED,
-                "error_message": "get_response_data() returned None",
-            }
+            _record_failure(
+                handler, Failure(TypeError("get_response_data() returned None"))
+            )
             return handler, None
         size = None
         if wants_size:
             try:
                 size = handler._response_data.size()
-            except Exception as error:
-                handler._tftpd_failure = Failure()
-                handler._stats.error = {
-                    "error_code": constants.ERR_UNDEFINED,
-                    "error_message": str(error),
-                }
+            except Exception:
+                _record_failure(handler, Failure())
         return handler, size
 
     def _get_handler_failed(self, failure: Failure) -> Failure:
@@ -907,32 +872,28 @@ class BaseServer:
             self._request_done()
             raise _Refused(constants.ERR_UNDEFINED, "Request not served")
         self._server_stats.increment_counter("process_count")
-        session = _Session(handler, request.peer, _Serial(self._reactor, self._pool))
-        error = handler._stats.error
-        if error:
-            return self._refuse(session, request, started)
-        self._live[request.peer] = session
+        session = _Session(handler, request, SerialCalls(self._reactor, self._pool))
+        if handler._stats.error:
+            return self._refuse(session, started)
+        self._live[id(request)] = session
         return _ThreadedResponse(self, session, size)
 
-    def _refuse(self, session: _Session, request: Request, started: float):
+    def _refuse(self, session: _Session, started: float) -> Failure:
         """
-        Report a handler that failed, then tell the client.
+        Report a handler that cannot serve, then have tftpd_tx tell the
+        client (with L{error_for}'s code and message, which never reveals an
+        unexpected exception's text) and log the traceback of a bug.
         """
         handler = session.handler
         stats = handler._stats
         stats.start_time = started
         stats.end_time = self._reactor.seconds()
-        code = stats.error["error_code"]
-        if handler._tftpd_failure is not None:
-            self._log.failure(
-                "Handler failed on {path!r} for {peer}",
-                handler._tftpd_failure,
-                path=request.path,
-                peer=request.peer,
-            )
         self._track(self._report(session).addCallback(lambda _: self._request_done()))
-        message = _CLIENT_MESSAGES.get(code, stats.error["error_message"])
-        raise _Refused(code, message)
+        if handler._tftpd_failure is None:
+            # The handler set its stats' error itself, which fbtftp sends as
+            # it is.
+            raise _Refused(stats.error["error_code"], stats.error["error_message"])
+        return handler._tftpd_failure
 
     def _read_failed(self, failure: Failure, session: _Session):
         """
@@ -962,13 +923,12 @@ class BaseServer:
         self._track(finishing)
 
     def _session_ended(self, stats: _SessionStats) -> None:
-        session = self._live.pop(stats.peer, None)
+        session = self._live.pop(id(stats.request), None)
         if session is not None:
             session.tftpd_stats = stats
 
     def _finish(self, session: _Session) -> Deferred:
-        if self._live.get(session.peer) is session:
-            del self._live[session.peer]
+        self._live.pop(id(session.request), None)
         handler = session.handler
         stats = handler._stats
         if session.tftpd_stats is not None:
@@ -992,13 +952,13 @@ class BaseServer:
         handler = session.handler
         steps = []
         if handler._stats_callback is not None:
-            calling = session.serial.run(handler._stats_callback, handler._stats)
+            calling = session.calls.run(handler._stats_callback, handler._stats)
             calling.addErrback(
                 lambda failure: self._log.failure("Session stats callback failed", failure)
             )
             steps.append(calling)
         if handler._response_data is not None:
-            closing = session.serial.run(handler._response_data.close)
+            closing = session.calls.run(handler._response_data.close)
             closing.addErrback(
                 lambda failure: self._log.failure(
                     "Closing the response for {path!r} failed", failure, path=handler._path
