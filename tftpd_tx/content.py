@@ -166,9 +166,10 @@ class ResponseData:
     know it, L{size}; L{close} does nothing unless overridden.
 
     fbtftp's handlers and the framework's own docs speak of a
-    C{ResponseData}; this is it.  Any object that provides L{IResponseData}
-    serves just as well: deriving from this one only saves writing the
-    methods a response has no use for.
+    C{ResponseData}; this is it, and L{tftpd_tx.compat.fbtftp} exports it
+    under that name.  Every response tftpd_tx ships derives from it.  Any
+    object that provides L{IResponseData} serves just as well: deriving from
+    this one only saves writing the methods a response has no use for.
     """
 
     def read(self, n: int):
