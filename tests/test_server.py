@@ -163,10 +163,10 @@ class ReadRequestTests(ServerMixin, SynchronousTestCase):
         self.server.settings.log_rate = 3
         with capturedLogs() as events:
             for n in range(10):
-                peer = ("198.51.100.40", 1000 + n)
+                peer = ("198.51.100.40", 41000 + n)
                 self.request(rrq("small.cfg"), peer=peer)
                 self.reactor.ports[-1].deliver(ack(1), peer)
-            self.request(rrq("missing"), peer=("198.51.100.41", 1))
+            self.request(rrq("missing"), peer=("198.51.100.41", 4001))
             self.reactor.advance(1)
         lines = [e for e in events if e.get("outcome")]
         self.assertEqual(len(lines), 3)
@@ -425,15 +425,19 @@ class MalformedDatagramTests(ServerMixin, SynchronousTestCase):
 
     def test_huge_requests(self):
         """
-        A 60,000-byte filename and 10,000 options are handled like any other
-        request, and a normal request still works afterwards.
+        A 60,000-byte filename and 10,000 options (RFC 2347 bounds a request
+        to 512 octets) get ERROR 4 without being decoded, and a normal
+        request still works afterwards.
         """
         self.request(rrq("a" * 60000))
         options = b"".join(b"opt%d\0%d\0" % (n, n) for n in range(10000))
-        self.request(b"\0\1small.cfg\0octet\0" + options, peer=("198.51.100.21", 1))
-        self.request(rrq("small.cfg"), peer=("198.51.100.22", 1))
-        self.assertEqual(self.errors_sent(), [wire.Error(1, "File not found")])
-        self.assertEqual(len(self.reactor.ports), 3)
+        self.request(b"\0\1small.cfg\0octet\0" + options, peer=("198.51.100.21", 4001))
+        self.request(rrq("small.cfg"), peer=("198.51.100.22", 4001))
+        self.assertEqual(
+            self.errors_sent(), [wire.Error(4, "Request over 512 octets")] * 2
+        )
+        self.assertEqual(len(self.reactor.ports), 2)
+        self.assertEqual(self.server.stats.counters["requests.too_large"], 2)
 
     def test_garbage_flood_logs_little(self):
         """
@@ -476,13 +480,13 @@ class DrainTests(ServerMixin, SynchronousTestCase):
         self.request(rrq("boot/pxelinux.0"))
         running = self.session_port()
         self.server.drain()
-        self.request(rrq("small.cfg"), peer=("198.51.100.30", 1))
+        self.request(rrq("small.cfg"), peer=("198.51.100.30", 4001))
         self.assertEqual(len(self.reactor.ports), 2)
         self.assertEqual(self.listener.sent, [])
         for block in (1, 2, 3):
             running.deliver(ack(block), CLIENT)
         self.assertEqual(self.finished[0].outcome, Outcome.COMPLETED)
         self.server.resume()
-        self.request(rrq("small.cfg"), peer=("198.51.100.30", 1))
+        self.request(rrq("small.cfg"), peer=("198.51.100.30", 4001))
         self.assertEqual(len(self.reactor.ports), 3)
         self.assertEqual(self.server.stats.counters["requests.drained"], 1)

@@ -24,6 +24,11 @@ def row_ids(row: Setting) -> str:
     return row.name
 
 
+#: The rows set by a number; the others are truth values (a flag on the
+#: command line), checked by L{FlagTests}.
+NUMBERS = [row for row in SCHEMA if row.kind is not bool]
+
+
 def outside(row: Setting) -> list:
     """
     A value just below and just above C{row}'s bounds, where it has them.
@@ -104,7 +109,7 @@ class SchemaTests(SynchronousTestCase):
         short options are unique.
         """
         for row in SCHEMA:
-            self.assertIn(row.kind, (int, float), row.name)
+            self.assertIn(row.kind, (int, float, bool), row.name)
             self.assertEqual(row.check(row.default), row.default, row.name)
             row.check(row.command_line_default)
             if row.low is not None and row.high is not None:
@@ -172,6 +177,29 @@ class SchemaTests(SynchronousTestCase):
         )
 
 
+class FlagTests(SynchronousTestCase):
+    """
+    A truth-valued setting takes L{True} or L{False} in code and live, and
+    is a flag on the command line.
+    """
+
+    def test_truth_values(self):
+        """
+        C{allow_low_ports} is off unless set; anything but a L{bool} is
+        refused; the flag turns it on.
+        """
+        row = setting("allow_low_ports")
+        self.assertIs(Settings().allow_low_ports, False)
+        self.assertIs(in_code(row, True), True)
+        self.assertRaises(TypeError, in_code, row, 1)
+        self.assertIs(live(row, True), True)
+        options = tap.Options()
+        options.parseOptions(
+            ["--root", "/", "--port", "0", "--interface", "127.0.0.1", "--allow-low-ports"]
+        )
+        self.assertEqual(tap.settings_from(options).allow_low_ports, True)
+
+
 class CodeChecksTests(SynchronousTestCase):
     """
     Settings built or changed in code are checked as the command line and
@@ -230,7 +258,7 @@ def root(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("row", SCHEMA, ids=row_ids)
+@pytest.mark.parametrize("row", NUMBERS, ids=row_ids)
 def test_bounds_accepted_everywhere(row, root):
     """
     Each setting's bounds themselves are accepted in code, on the command
@@ -245,7 +273,7 @@ def test_bounds_accepted_everywhere(row, root):
         assert live(row, value) == expected
 
 
-@pytest.mark.parametrize("row", SCHEMA, ids=row_ids)
+@pytest.mark.parametrize("row", NUMBERS, ids=row_ids)
 def test_outside_refused_everywhere(row, root):
     """
     A value just outside a setting's bounds is refused in code and live with
@@ -264,7 +292,7 @@ def test_outside_refused_everywhere(row, root):
         assert str(changed.value) == str(code.value)
 
 
-@pytest.mark.parametrize("row", SCHEMA, ids=row_ids)
+@pytest.mark.parametrize("row", NUMBERS, ids=row_ids)
 def test_not_a_number_refused_everywhere(row, root):
     """
     A value that is not a number is refused everywhere, with what the

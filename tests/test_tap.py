@@ -88,7 +88,15 @@ class DefaultsTests(OptionsMixin, SynchronousTestCase):
         """
         text = " ".join(str(tap.Options()).split())
         for row in SCHEMA:
+            if row.kind is bool:
+                # A flag: off unless given.
+                self.assertIn(f"--{row.option} {row.help}", text)
+                continue
             self.assertIn(f"--{row.option}=", text)
+            if row.command_line_default is None:
+                # Its help says what the default is.
+                self.assertIn(f"{row.help[:-1]}. {row.allowed_doc}", text)
+                continue
             self.assertIn(" ".join(row.help.split()), text)
             self.assertIn(
                 f"[default: {row.command_line_default}]. {row.allowed_doc}", text

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 from typing import Callable
 
-__all__ = ["LogBudget"]
+__all__ = ["LogBudget", "OccasionalLine", "path_for_log"]
 
 #: Seconds in one budget period.
 PERIOD = 1.0
@@ -74,3 +74,49 @@ class LogBudget:
         if self._held:
             held, self._held = self._held, collections.Counter()
             self._summarize(held, PERIOD)
+
+
+class OccasionalLine:
+    """
+    A line that may be written once per interval, however often its cause
+    recurs: the next one written says how many were held back meanwhile.
+    For causes that come in floods (malformed datagrams, a process out of
+    descriptors), where one line says all there is to say.
+
+    @param clock: the C{IReactorTime} that measures the interval.
+    @param interval: seconds between two lines.
+    """
+
+    def __init__(self, clock, interval: float) -> None:
+        self._clock = clock
+        self.interval = interval
+        self._quiet_until = 0.0
+        self._held = 0
+
+    def allow(self) -> int | None:
+        """
+        Whether the line may be written now: L{None} if not (it is counted
+        as held back), else how many were held back since the last one.
+        """
+        now = self._clock.seconds()
+        if now < self._quiet_until:
+            self._held += 1
+            return None
+        held, self._held = self._held, 0
+        self._quiet_until = now + self.interval
+        return held
+
+
+#: The most characters of a client's path a log line shows.
+PATH_IN_LOG = 120
+
+
+def path_for_log(path: str, limit: int = PATH_IN_LOG) -> str:
+    """
+    A client's path as a log line shows it: whole up to C{limit}
+    characters, else cut there with an ellipsis and its full length, so that
+    a 64 KB path makes a line of ordinary length.
+    """
+    if len(path) <= limit:
+        return path
+    return f"{path[:limit]}... ({len(path)} characters)"

@@ -11,8 +11,10 @@ L{Deferred} holds up only its own client.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import itertools
+import resource
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import DatagramProtocol
@@ -21,9 +23,10 @@ from twisted.python.failure import Failure
 
 from . import wire
 from .content import Request, error_for, normalize_path
-from .logbudget import LogBudget
+from .logbudget import LogBudget, OccasionalLine, path_for_log
 from .netascii import NetasciiResponseData
 from .options import negotiate
+from .policy import ClientRates, SessionCounts, session_cap
 from .session import ReadSession, backoff_schedule
 from .requestport import plain_address
 from .settings import Settings
@@ -34,8 +37,28 @@ __all__ = ["TFTPServer"]
 
 _MODES = frozenset({"octet", "netascii"})
 
-#: Seconds between two log lines about malformed datagrams.
+#: Seconds between two log lines about malformed datagrams, and between two
+#: about running out of descriptors.
 MALFORMED_LOG_INTERVAL = 10.0
+DESCRIPTORS_LOG_INTERVAL = 10.0
+
+#: RFC 2347: a request, options included, fits in 512 octets.
+MAX_REQUEST = 512
+
+#: Source ports below this are never answered (the Loop DoS of
+#: CVE-2024-2169: two UDP services answering each other's errors forever);
+#: the C{allow_low_ports} setting lifts it for a known legacy device.
+LOWEST_CLIENT_PORT = 1024
+
+_REQUEST_OPCODES = frozenset({int(wire.Opcode.RRQ), int(wire.Opcode.WRQ)})
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+_GONE = object()
+
+
+def _out_of_descriptors(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _OUT_OF_DESCRIPTORS
 
 
 class TFTPServer(DatagramProtocol):
@@ -57,6 +80,9 @@ class TFTPServer(DatagramProtocol):
     @ivar sessions: the live transfers, by session id.
     @ivar draining: while L{True}, new requests are ignored (so that clients
         retry elsewhere) and running transfers go on; see L{drain}.
+    @ivar descriptor_limit: the process's limit on open descriptors, from
+        which the session caps are derived when the settings leave them
+        L{None} (L{tftpd_tx.service.TFTPService} raises it at start).
     """
 
     noisy = False
@@ -89,10 +115,13 @@ class TFTPServer(DatagramProtocol):
         # (None while the handler works): a repeated RRQ from them is a
         # retransmission.
         self._busy_peers: dict[tuple[str, int], ReadSession | None] = {}
+        self._in_progress = SessionCounts()
+        self._rates = ClientRates()
         self.draining = False
         self._stopped = False
-        self._malformed_quiet_until = 0.0
-        self._malformed_unlogged = 0
+        self.descriptor_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._malformed_line = OccasionalLine(reactor, MALFORMED_LOG_INTERVAL)
+        self._descriptors_line = OccasionalLine(reactor, DESCRIPTORS_LOG_INTERVAL)
         self._log_budget = LogBudget(reactor, self._log_held_lines)
 
     # -- receiving ----------------------------------------------------------
@@ -112,7 +141,20 @@ class TFTPServer(DatagramProtocol):
             self._log.failure("Unexpected error on a datagram from {peer}", peer=peer)
 
     def _dispatch(self, datagram: bytes, peer, local) -> None:
-        self.stats.increment("datagrams")
+        stats = self.stats
+        stats.increment("datagrams")
+        if peer[1] < LOWEST_CLIENT_PORT and not self.settings.allow_low_ports:
+            # Whatever it is, an answer could start a loop with a service.
+            stats.increment("datagrams.low_port")
+            return
+        if len(datagram) > MAX_REQUEST and datagram[1:2] and datagram[1] in _REQUEST_OPCODES:
+            stats.increment("requests.too_large")
+            self._note("dropped", "Refused a {size}-byte request from {peer}: over 512 octets",
+                       size=len(datagram), peer=peer)
+            self.reply_error(
+                peer, local, wire.ErrorCode.ILLEGAL_OPERATION, "Request over 512 octets"
+            )
+            return
         try:
             packet = wire.decode(datagram)
         except wire.DecodeError as error:
@@ -121,10 +163,11 @@ class TFTPServer(DatagramProtocol):
         if isinstance(packet, wire.ReadRequest):
             self.handle_read_request(packet, peer, self._local_address(local))
         elif isinstance(packet, wire.WriteRequest):
-            self.stats.increment("requests.write")
-            self._log.info(
+            stats.increment("requests.write")
+            self._note(
+                Outcome.REFUSED,
                 "Refused write request for {path!r} from {peer}: writing is not supported",
-                path=packet.filename,
+                path=path_for_log(packet.filename),
                 peer=peer,
             )
             self.reply_error(
@@ -136,26 +179,30 @@ class TFTPServer(DatagramProtocol):
         else:
             # DATA, ACK, ERROR or OACK belong to a transfer port; here they
             # are leftovers of transfers that ended.  Silence is the answer.
-            self.stats.increment("datagrams.ignored")
+            stats.increment("datagrams.ignored")
+
+    def _note(self, kind: str, text: str, **fields) -> None:
+        """
+        Log a line a client caused, within the log budget (see
+        L{tftpd_tx.logbudget}): a flood of requests is not a flood of lines.
+        """
+        if self._log_budget.allow(kind, self.settings.log_rate):
+            self._log.info(text, **fields)
 
     def _malformed(self, error: wire.DecodeError, peer, local) -> None:
         self.stats.increment("datagrams.malformed")
         # One line per interval at most: a flood of garbage must not become
         # a flood of log lines (the counter has the full count).
-        now = self._reactor.seconds()
-        if now >= self._malformed_quiet_until:
+        held = self._malformed_line.allow()
+        if held is not None:
             self._log.info(
                 "Malformed datagram from {peer}: {reason}"
                 " ({suppressed} more not logged in the last {interval:g}s)",
                 peer=peer,
                 reason=error.reason,
-                suppressed=self._malformed_unlogged,
+                suppressed=held,
                 interval=MALFORMED_LOG_INTERVAL,
             )
-            self._malformed_quiet_until = now + MALFORMED_LOG_INTERVAL
-            self._malformed_unlogged = 0
-        else:
-            self._malformed_unlogged += 1
         if error.opcode is None or error.opcode in (
             wire.Opcode.DATA,
             wire.Opcode.ACK,
@@ -186,7 +233,8 @@ class TFTPServer(DatagramProtocol):
     def handle_read_request(self, packet: wire.ReadRequest, peer, local) -> None:
         """
         The policy steps for an RRQ, in order: draining, the mode, a
-        retransmitted request, L{allow_request}; then the handler.  Override
+        retransmitted request, the session caps and the client's request
+        rate (L{over_limits}), L{allow_request}; then the handler.  Override
         the steps, not this method.
         """
         stats = self.stats
@@ -204,11 +252,12 @@ class TFTPServer(DatagramProtocol):
         )
         if request.mode not in _MODES:
             stats.increment("requests.bad_mode")
-            self._log.info(
+            self._note(
+                Outcome.REFUSED,
                 "Refused {path!r} for {peer}: unsupported mode {mode!r}",
-                path=request.path,
+                path=path_for_log(request.path),
                 peer=peer,
-                mode=request.mode,
+                mode=path_for_log(request.mode, 20),
             )
             self.reply_error(
                 peer, local[0], wire.ErrorCode.ILLEGAL_OPERATION, "Unsupported transfer mode"
@@ -219,11 +268,65 @@ class TFTPServer(DatagramProtocol):
             # The transfer (or the handler) already running will answer.
             stats.increment("requests.duplicate")
             return
+        over = self.over_limits(peer[0])
+        if over is not None:
+            stats.increment("requests.over_" + over)
+            self._note(
+                "dropped",
+                "Dropped {path!r} for {peer}: over the {limit} limit",
+                path=path_for_log(request.path),
+                peer=peer,
+                limit=over.replace("_", " "),
+            )
+            return
         if not self.allow_request(request):
             stats.increment("requests.denied")
             return
         self._busy_peers[peer] = None
+        self._in_progress.add(peer[0])
         self._ask_handler(request, self._reactor.seconds())
+
+    def session_caps(self) -> tuple[int, int]:
+        """
+        The most requests in progress at once, in all and per client address:
+        the settings' C{max_sessions} and C{max_sessions_per_client}, or
+        where they are L{None}, what the descriptor limit allows (two
+        descriptors a transfer, some kept back) and a quarter of that.
+        """
+        settings = self.settings
+        total = settings.max_sessions
+        if total is None:
+            total = session_cap(self.descriptor_limit)
+        per_client = settings.max_sessions_per_client
+        if per_client is None:
+            per_client = max(1, total // 4)
+        return total, per_client
+
+    def over_limits(self, host: str) -> str | None:
+        """
+        Which limit a new request from C{host} would pass, or L{None}:
+        C{"sessions"} (the server's cap), C{"client_sessions"} (the cap per
+        client address), C{"client_rate"} (the client's token bucket of new
+        requests, when C{client_rate} is set).
+        """
+        total, per_client = self.session_caps()
+        if self._in_progress.total >= total:
+            return "sessions"
+        if self._in_progress.of(host) >= per_client:
+            return "client_sessions"
+        settings = self.settings
+        if settings.client_rate and not self._rates.allow(
+            host, self._reactor.seconds(), settings.client_rate, settings.client_burst
+        ):
+            return "client_rate"
+        return None
+
+    def _release(self, peer) -> None:
+        """
+        The request of C{peer} is no longer in progress.
+        """
+        if self._busy_peers.pop(peer, _GONE) is not _GONE:
+            self._in_progress.remove(peer[0])
 
     def _is_retransmission(self, peer) -> bool:
         """
@@ -267,23 +370,26 @@ class TFTPServer(DatagramProtocol):
             self._start_session(result, request, started)
 
     def _refuse(self, failure: Failure, request: Request) -> None:
+        if _out_of_descriptors(failure.value):
+            self._out_of_descriptors(request)
+            return
         code, message, expected = error_for(failure.value)
         if expected:
-            if self._log_budget.allow(Outcome.REFUSED, self.settings.log_rate):
-                self._log.info(
-                    "Refused {path!r} for {peer}: {message}",
-                    path=request.path,
-                    peer=request.peer,
-                    message=message,
-                )
+            self._note(
+                Outcome.REFUSED,
+                "Refused {path!r} for {peer}: {message}",
+                path=path_for_log(request.path),
+                peer=request.peer,
+                message=message,
+            )
         else:
             self._log.failure(
                 "Handler failed on {path!r} for {peer}",
                 failure,
-                path=request.path,
+                path=path_for_log(request.path),
                 peer=request.peer,
             )
-        self._busy_peers.pop(request.peer, None)
+        self._release(request.peer)
         self.stats.increment("outcome." + Outcome.REFUSED)
         self.stats.increment(f"errors.{code}")
         self.reply_error(request.peer, request.local[0], code, message)
@@ -294,7 +400,7 @@ class TFTPServer(DatagramProtocol):
         if self._stopped:
             # A handler answered after the server stopped: no new port.
             self._close_quietly(response)
-            self._busy_peers.pop(request.peer, None)
+            self._release(request.peer)
             self.reply_error(request.peer, request.local[0], 0, "Server shutting down")
             return
         settings = self.settings
@@ -326,26 +432,77 @@ class TFTPServer(DatagramProtocol):
             peer=request.peer,
             response=response,
             negotiated=negotiated,
-            schedule=backoff_schedule(
-                negotiated.timeout or settings.timeout, settings.retries
-            ),
+            schedule=self.schedule_for(negotiated.timeout),
             rollover=settings.rollover,
             stats=stats,
             on_end=self._session_ended,
+            on_stray=self._stray,
         )
         self.sessions[stats.session_id] = session
         self._busy_peers[request.peer] = session
         self.stats.session_started()
         try:
             self.network.open_transfer(session, request.local[0])
-        except Exception:
-            self._log.failure(
-                "Cannot open a transfer port for {peer} on {local}",
-                peer=request.peer,
-                local=request.local[0],
-            )
+        except Exception as error:
+            reason = getattr(error, "socketError", error)
+            if _out_of_descriptors(reason):
+                session.not_started("Out of file descriptors")
+                self._out_of_descriptors(request)
+                return
+            held = self._descriptors_line.allow()
+            if held is not None:
+                self._log.error(
+                    "Cannot open a transfer port on {local}: {reason}"
+                    " ({held} more not logged in the last {interval:g}s)",
+                    local=request.local[0],
+                    reason=reason,
+                    held=held,
+                    interval=DESCRIPTORS_LOG_INTERVAL,
+                )
             session.not_started("Server cannot open a port")
             self.reply_error(request.peer, request.local[0], 0, stats.error_message)
+
+    def _out_of_descriptors(self, request: Request) -> None:
+        """
+        A request could not be served for want of descriptors: count it,
+        say so once in a while, and tell the client nothing (it retries, by
+        then perhaps with descriptors free, or at another server).
+        """
+        self._release(request.peer)
+        self.stats.increment("requests.no_descriptors")
+        held = self._descriptors_line.allow()
+        if held is not None:
+            self._log.error(
+                "Out of file descriptors (limit {limit}): new transfers refused"
+                " ({held} more refused in the last {interval:g}s)",
+                limit=self.descriptor_limit,
+                held=held,
+                interval=DESCRIPTORS_LOG_INTERVAL,
+            )
+
+    def schedule_for(self, negotiated_timeout: int | None) -> tuple[float, ...]:
+        """
+        The retransmit waits of a new transfer: a timeout the client
+        negotiated is the interval itself (RFC 2349), every time; otherwise
+        the server's C{timeout} doubles on each retransmission.  Either way
+        the waits add up to C{hold_time} at most, so a transfer that makes
+        no progress ends within it whatever the client asked for.
+        """
+        settings = self.settings
+        if negotiated_timeout is not None:
+            return backoff_schedule(
+                float(negotiated_timeout), settings.retries, 1.0, hold=settings.hold_time
+            )
+        return backoff_schedule(settings.timeout, settings.retries, hold=settings.hold_time)
+
+    def _stray(self, addr) -> bool:
+        """
+        A datagram reached a transfer's port from someone else than its
+        peer: count it, and tell the transfer whether to answer it (never a
+        source port below 1024 unless allowed, as for requests).
+        """
+        self.stats.increment("datagrams.stray")
+        return addr[1] >= LOWEST_CLIENT_PORT or self.settings.allow_low_ports
 
     def _close_quietly(self, response) -> None:
         try:
@@ -356,7 +513,8 @@ class TFTPServer(DatagramProtocol):
     def _session_ended(self, session: ReadSession) -> None:
         stats = session.stats
         self.sessions.pop(session.session_id, None)
-        self._busy_peers.pop(session.peer, None)
+        if self._busy_peers.get(session.peer) is session:
+            self._release(session.peer)
         self.stats.session_ended(stats)
         self._log_transfer(stats)
         if self._session_callback is not None:
@@ -373,7 +531,7 @@ class TFTPServer(DatagramProtocol):
             "{outcome}: {path!r} to {peer} from {local}, {bytes} bytes in {blocks} "
             "blocks, {retransmits} retransmits, {duration:.3f}s{error}",
             outcome=stats.outcome,
-            path=stats.file_path,
+            path=path_for_log(stats.file_path),
             peer=stats.peer,
             local=stats.server_addr,
             bytes=stats.bytes_sent,

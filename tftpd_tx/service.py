@@ -12,6 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .multiplexer import EpollNetwork, epoll_available
+from .policy import raise_descriptor_limit
 from .server import TFTPServer
 from .settings import Settings
 from .stats import ServerStats
@@ -127,6 +128,15 @@ class TFTPService(Service):
         host = self.port.getHost()
         self._log.info(
             "TFTP server listening on [{host}]:{port}", host=host.host, port=host.port
+        )
+        self.server.descriptor_limit = raise_descriptor_limit()
+        total, per_client = self.server.session_caps()
+        self._log.info(
+            "At most {total} requests in progress, {per_client} per client address"
+            " (descriptor limit {limit})",
+            total=total,
+            per_client=per_client,
+            limit=self.server.descriptor_limit,
         )
         super().privilegedStartService()
 

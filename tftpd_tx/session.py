@@ -109,6 +109,8 @@ class ReadSession(DatagramProtocol):
     @param stats: the L{SessionStats} to fill in.
     @param on_end: called with this session once it has ended and let go of
         its port, its timer and its response.
+    @param on_stray: called with the address of every datagram from anyone
+        but the peer; it returns whether to answer it with ERROR 5.
 
     A transfer whose client acknowledges quickly (see
     L{READ_AHEAD_INTERVAL}) reads up to L{READ_AHEAD} bytes at once and
@@ -132,8 +134,10 @@ class ReadSession(DatagramProtocol):
         rollover: int,
         stats: SessionStats,
         on_end: Callable[[ReadSession], object] = lambda session: None,
+        on_stray: Callable[[tuple[str, int]], bool] = lambda addr: True,
     ) -> None:
         self.peer = peer
+        self._on_stray = on_stray
         self.stats = stats
         self._clock = clock
         self._response = response
@@ -449,21 +453,16 @@ class ReadSession(DatagramProtocol):
     def _stray(self, datagram: bytes, addr) -> None:
         """
         Answer a datagram from another address or port with ERROR 5 (RFC
-        1350 section 4), unless it is itself an ERROR, which is never
-        answered (two servers must not bounce errors off each other).
+        1350 section 4), if C{on_stray} says so, and unless it is itself an
+        ERROR, which is never answered (two servers must not bounce errors
+        off each other).  Not this transfer's packet: it counts in no figure
+        of it.
         """
-        if not _is_error(datagram):
-            # Not this transfer's packet: it counts in no figure of it.
+        if self._on_stray(addr) and not _is_error(datagram):
             try:
                 self._port.write(_UNKNOWN_TID, addr)
             except OSError:
                 pass
-        self._log.debug(
-            "Stray datagram from {stray} to the transfer of {path!r} for {peer}",
-            stray=addr,
-            path=self.stats.file_path,
-            peer=self.peer,
-        )
 
     def _peer_error(self, datagram: bytes) -> None:
         if self.ended:

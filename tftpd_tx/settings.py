@@ -64,8 +64,9 @@ class Setting:
 
     @ivar name: the attribute name (C{max_blksize}); the command-line option
         is the same with dashes (L{option}).
-    @ivar kind: L{int} or L{float}.  A L{float} setting also takes integers;
-        an L{int} one takes integers only (never L{bool}).
+    @ivar kind: L{int}, L{float} or L{bool}.  A L{float} setting also takes
+        integers; an L{int} one takes integers only (never L{bool}); a
+        L{bool} one takes L{True} or L{False} (on the command line, a flag).
     @ivar default: the value in C{Settings()} built in code.
     @ivar help: the line C{twistd tftp --help} shows.
     @ivar low: the smallest value allowed, or L{None} for no lower bound.
@@ -112,6 +113,8 @@ class Setting:
         """
         The allowed values in words: C{"from 8 to 65464"}, C{"1 or more"}.
         """
+        if self.kind is bool:
+            return "True or False"
         if self.low is not None and self.high is not None:
             text = f"from {self.low} to {self.high}"
         elif self.low is not None:
@@ -133,6 +136,8 @@ class Setting:
 
     @property
     def _noun(self) -> str:
+        if self.kind is bool:
+            return "a truth value,"
         return "a whole number" if self.kind is int else "a number"
 
     def check(self, value: Any, label: str | None = None) -> Any:
@@ -152,6 +157,10 @@ class Setting:
         label = label or self.name
         if value is None and self.none is not None:
             return None
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError(f"{label} must be {self.allowed}, not {value!r}")
+            return value
         accepted = (int, float) if self.kind is float else int
         if isinstance(value, bool) or not isinstance(value, accepted):
             raise TypeError(
@@ -266,6 +275,65 @@ SCHEMA: tuple[Setting, ...] = (
         low=0,
         high=0.01,
         cli_default=0.001,
+    ),
+    # The caps, the rate and the hold time bound what one client, or a
+    # flood of forged requests, can take of a server (issue 10).
+    Setting(
+        "max_sessions",
+        int,
+        None,
+        "Most requests in progress at once (transfers, and requests whose "
+        "handler is at work); past it new requests are dropped in silence, "
+        "so that clients retry, perhaps at another server. Default: what the "
+        "descriptor limit allows (raised to its hard limit at start): two "
+        "descriptors a transfer, 64 kept back.",
+        low=1,
+        none="derived from the descriptor limit",
+    ),
+    Setting(
+        "max_sessions_per_client",
+        int,
+        None,
+        "Most requests in progress at once from one client address; past "
+        "it its new requests are dropped in silence. Default: a quarter of "
+        "--max-sessions.",
+        low=1,
+        none="a quarter of max_sessions",
+    ),
+    Setting(
+        "client_rate",
+        float,
+        0.0,
+        "New requests a second one client address may make (a token bucket "
+        "of --client-burst); past it they are dropped in silence. 0: no "
+        "limit (the default: many machines may share one address behind a "
+        "relay or a NAT).",
+        low=0,
+    ),
+    Setting(
+        "client_burst",
+        int,
+        20,
+        "New requests one client address may make at once before "
+        "--client-rate applies.",
+        low=1,
+    ),
+    Setting(
+        "hold_time",
+        float,
+        120.0,
+        "Most seconds a transfer may go without progress, whatever timeout "
+        "its client negotiated; its retransmissions stop there.",
+        low=1,
+        high=3600,
+    ),
+    Setting(
+        "allow_low_ports",
+        bool,
+        False,
+        "Answer clients whose source port is below 1024 (a legacy device). "
+        "By default datagrams from them are dropped: two UDP services can "
+        "answer each other for ever (the Loop DoS, CVE-2024-2169).",
     ),
 )
 

@@ -32,7 +32,11 @@ def _parameter(row: Setting) -> list:
         return row.parse(text)
 
     coerce.coerceDoc = row.allowed_doc
-    return [row.option, row.short, row.command_line_default, row.help, coerce]
+    # Twisted writes "[default: ...]" after the help, and ". " before the
+    # bounds: with no default to write, the help's own full stop would
+    # double.
+    help = row.help[:-1] if row.command_line_default is None else row.help
+    return [row.option, row.short, row.command_line_default, help, coerce]
 
 
 class Options(usage.Options):
@@ -65,7 +69,7 @@ class Options(usage.Options):
             "Address to listen on (IPv4 or IPv6). Default: every address, "
             "IPv4 and IPv6, on one dual-stack socket.",
         ],
-        *[_parameter(row) for row in SCHEMA],
+        *[_parameter(row) for row in SCHEMA if row.kind is not bool],
         [
             "manhole",
             None,
@@ -92,6 +96,7 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        *[[row.option, row.short, row.help] for row in SCHEMA if row.kind is bool],
         [
             "manhole-allow-remote",
             None,
@@ -224,13 +229,25 @@ def load_handler(spec: str):
         ) from error
 
 
+def settings_from(options: Options) -> Settings:
+    """
+    The L{Settings} that parsed C{options} ask for.
+    """
+    return Settings.from_dict(
+        {
+            row.name: bool(options[row.option]) if row.kind is bool else options[row.option]
+            for row in SCHEMA
+        }
+    )
+
+
 def makeService(options: Options) -> MultiService:
     """
     The TFTP listener (named C{"tftp"}), in a L{MultiService} that later
     services (metrics) join, with the SSH manhole (named C{"manhole"}) when
     C{--manhole} is given.
     """
-    settings = Settings.from_dict({row.name: options[row.option] for row in SCHEMA})
+    settings = settings_from(options)
     top = MultiService()
     handler = options["handler"] or FilesystemHandler(options["root"])
     tftp = TFTPService(
