@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import pwd
 import shutil
 import stat
 import tempfile
@@ -19,16 +20,18 @@ from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.manhole_ssh import ConchFactory
 from twisted.conch.ssh import keys
+from twisted.conch.ssh.service import SSHService
 from twisted.cred.credentials import ISSHPrivateKey, SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tftpd_tx import manhole, tap, wire
@@ -57,6 +60,18 @@ def write_keys(path: str, *lines: str | bytes) -> str:
 
 def public_line(key: keys.Key) -> bytes:
     return key.public().toString("openssh") + b" operator@example"
+
+
+#: Another user, to own what the server's user does not.
+NOBODY = pwd.getpwnam("nobody").pw_uid
+
+
+def as_root(testcase) -> None:
+    """
+    Skip C{testcase} unless it runs as root, which may give files away.
+    """
+    if os.geteuid() != 0:
+        raise testcase.skipTest("only root can make a file another user's")
 
 
 class DefaultStateDirTests(SynchronousTestCase):
@@ -249,6 +264,175 @@ class AuthorizedKeysTests(SynchronousTestCase):
         self.assertTrue([e for e in events if "error" in e])
 
 
+class KeysFileSafetyTests(SynchronousTestCase):
+    """
+    The keys file is read only if no one but root and the server's user can
+    change what it says: neither the file nor any directory above it.
+    """
+
+    def setUp(self):
+        self.directory = temporary_directory(self)
+        self.key = make_key()
+
+    def keys_in(self, directory: str, mode: int = 0o700) -> str:
+        """
+        Make C{directory} (with C{mode}) and a keys file with one key in it.
+        """
+        os.makedirs(directory, exist_ok=True)
+        os.chmod(directory, mode)
+        return write_keys(
+            os.path.join(directory, "authorized_keys"), public_line(self.key)
+        )
+
+    def assertRead(self, path: str, user=None):
+        self.assertEqual(manhole.read_authorized_keys(path, user), [self.key.public()])
+
+    def assertRefused(self, path: str, *fragments: str, user=None):
+        exc = self.assertRaises(ValueError, manhole.read_authorized_keys, path, user)
+        for fragment in fragments:
+            self.assertIn(fragment, str(exc))
+
+    def test_private(self):
+        """
+        A file of mode 0600 in directories only its owner may write is read.
+        """
+        self.assertRead(self.keys_in(os.path.join(self.directory, "keys")))
+
+    def test_readable_by_others(self):
+        """
+        Others may read the file and the directories (public keys are
+        public): only writing matters.
+        """
+        path = self.keys_in(os.path.join(self.directory, "keys"), 0o755)
+        os.chmod(path, 0o644)
+        self.assertRead(path)
+
+    def test_file_writable_by_group(self):
+        """
+        A file its group may write is refused, with the chmod that fixes it.
+        """
+        path = self.keys_in(os.path.join(self.directory, "keys"))
+        os.chmod(path, 0o620)
+        self.assertRefused(path, "may be written by other users", f"chmod go-w {path}")
+
+    def test_directory_writable_by_others(self):
+        """
+        A directory above the file that others may write is refused, naming
+        it and the fix: they could rename their own file over the keys file.
+        """
+        shared = os.path.join(self.directory, "shared")
+        path = self.keys_in(os.path.join(shared, "keys"))
+        os.chmod(shared, 0o777)
+        self.assertRefused(path, f"lies in {shared!r}", f"chmod go-w {shared}")
+        os.chmod(shared, 0o775)
+        self.assertRefused(path, f"chmod go-w {shared}")
+
+    def test_sticky_root_directory(self):
+        """
+        A root-owned sticky directory that everyone may write, such as
+        C{/tmp}, is fine: no one else may rename what lies in it.
+        """
+        if os.stat(self.directory).st_uid != 0:
+            raise self.skipTest("needs a root-owned directory")
+        sticky = os.path.join(self.directory, "tmp")
+        path = self.keys_in(sticky, 0o1777)
+        self.assertRead(path)
+
+    def test_file_of_another_user(self):
+        """
+        A file owned by neither root nor the server's user is refused,
+        naming its owner and the chown that fixes it.
+        """
+        as_root(self)
+        path = self.keys_in(os.path.join(self.directory, "keys"))
+        os.chown(path, NOBODY, -1)
+        self.assertRefused(
+            path, f"owned by nobody (uid {NOBODY})", f"chown root {path}"
+        )
+
+    def test_file_of_the_server_user(self):
+        """
+        The server's user may own the file (and its directories).
+        """
+        as_root(self)
+        directory = os.path.join(self.directory, "keys")
+        path = self.keys_in(directory)
+        os.chown(path, NOBODY, -1)
+        os.chown(directory, NOBODY, -1)
+        self.assertRead(path, user=NOBODY)
+
+    def test_directory_of_another_user(self):
+        """
+        A directory above the file owned by another user is refused, naming
+        the directory and its owner: that user could replace the file.
+        """
+        as_root(self)
+        theirs = os.path.join(self.directory, "theirs")
+        path = self.keys_in(os.path.join(theirs, "keys"))
+        os.chmod(theirs, 0o755)
+        os.chown(theirs, NOBODY, -1)
+        self.assertRefused(path, f"lies in {theirs!r}, owned by nobody (uid {NOBODY})")
+
+    def test_sticky_directory_of_another_user(self):
+        """
+        A sticky directory everyone may write is fine only when root owns
+        it: its owner could rename anything in it.
+        """
+        as_root(self)
+        sticky = os.path.join(self.directory, "sticky")
+        path = self.keys_in(os.path.join(sticky, "keys"))
+        os.chmod(sticky, 0o1777)
+        os.chown(sticky, NOBODY, -1)
+        self.assertRefused(path, f"lies in {sticky!r}, owned by nobody")
+
+    def test_links_resolved_first(self):
+        """
+        Links are resolved before the checks: a link in an unsafe directory
+        to a safe file is read, and a link in a safe directory to a file in
+        an unsafe one is refused, naming the directory the file is in.
+        """
+        safe = self.keys_in(os.path.join(self.directory, "safe"))
+        shared = os.path.join(self.directory, "shared")
+        unsafe = self.keys_in(os.path.join(shared, "keys"))
+        os.chmod(shared, 0o777)
+        to_safe = os.path.join(shared, "link")
+        os.symlink(safe, to_safe)
+        self.assertRead(to_safe)
+        to_unsafe = os.path.join(self.directory, "safe", "link")
+        os.symlink(unsafe, to_unsafe)
+        self.assertRefused(to_unsafe, f"lies in {shared!r}")
+
+    def test_not_a_file(self):
+        """
+        A FIFO (or anything but a plain file) is refused without waiting
+        for a writer.
+        """
+        path = os.path.join(self.directory, "fifo")
+        os.mkfifo(path, 0o600)
+        self.assertRefused(path, "is not a file")
+
+    def test_unsafe_at_login_logged_once(self):
+        """
+        At login, an unsafe keys file lets nobody in; the reason is logged
+        when it first appears, not at every login, and again once the file
+        has been usable in between.
+        """
+        shared = os.path.join(self.directory, "shared")
+        path = self.keys_in(os.path.join(shared, "keys"))
+        db = manhole.AuthorizedKeysFile(path)
+        os.chmod(shared, 0o777)
+        with capturedLogs() as events:
+            self.assertEqual(list(db.getAuthorizedKeys(b"alice")), [])
+            self.assertEqual(list(db.getAuthorizedKeys(b"alice")), [])
+            os.chmod(shared, 0o700)
+            self.assertEqual(list(db.getAuthorizedKeys(b"bob")), [self.key.public()])
+            os.chmod(shared, 0o777)
+            self.assertEqual(list(db.getAuthorizedKeys(b"bob")), [])
+        errors = [e["error"] for e in events if "error" in e]
+        self.assertEqual(len(errors), 2)
+        self.assertIn(f"chmod go-w {shared}", errors[0])
+
+
 class AuthenticationTests(SynchronousTestCase):
     """
     Who gets in: holders of a listed key, by public key only.
@@ -335,13 +519,131 @@ class FactoryTests(SynchronousTestCase):
         dictionaries stay untouched.
         """
         one, two = make_key(), make_key()
-        first = manhole.ManholeFactory(None, one)
-        second = manhole.ManholeFactory(None, two)
+        first = manhole.ManholeFactory(None, one, clock=Clock())
+        second = manhole.ManholeFactory(None, two, clock=Clock())
         self.assertEqual(first.privateKeys, {b"ssh-ed25519": one})
         self.assertEqual(second.privateKeys, {b"ssh-ed25519": two})
         self.assertEqual(first.publicKeys, {b"ssh-ed25519": one.public()})
         self.assertEqual(ConchFactory.publicKeys, {})
         self.assertEqual(ConchFactory.privateKeys, {})
+
+
+class FakeSSHPeer(StringTransport):
+    """
+    A TCP connection to the manhole, in memory.
+    """
+
+    def __init__(self):
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+
+
+class UnauthenticatedConnectionTests(SynchronousTestCase):
+    """
+    Connections that have not logged in are closed after a timeout, and only
+    so many are let in at once.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.factory = manhole.ManholeFactory(
+            None,
+            make_key(),
+            clock=self.clock,
+            login_timeout=30,
+            max_unauthenticated=2,
+        )
+        self.factory.doStart()
+        self.addCleanup(self.factory.doStop)
+        self.address = IPv4Address("TCP", "127.0.0.1", 50000)
+
+    def connect(self):
+        """
+        A new connection: its protocol and transport, or L{None} for the
+        protocol if the factory refused it.
+        """
+        protocol = self.factory.buildProtocol(self.address)
+        transport = FakeSSHPeer()
+        if protocol is not None:
+            protocol.makeConnection(transport)
+        return protocol, transport
+
+    def log_in(self, protocol):
+        """
+        Do what Conch's user authentication does once a key is accepted.
+        """
+        protocol.avatar = object()
+        protocol.logoutFunction = lambda: None
+        protocol.setService(SSHService())
+
+    def test_defaults(self):
+        """
+        By default a connection has 30 seconds to log in, and 16 may be
+        waiting to at once.
+        """
+        self.assertEqual(manhole.LOGIN_TIMEOUT, 30)
+        self.assertEqual(manhole.MAX_UNAUTHENTICATED, 16)
+        factory = manhole.ManholeFactory(None, clock=self.clock)
+        self.assertEqual(factory.login_timeout, manhole.LOGIN_TIMEOUT)
+        self.assertEqual(factory.max_unauthenticated, manhole.MAX_UNAUTHENTICATED)
+
+    def test_idle_closed(self):
+        """
+        A connection that has not logged in within the timeout is closed,
+        and that is logged.
+        """
+        protocol, transport = self.connect()
+        self.assertTrue(transport.value().startswith(b"SSH-2.0-"))
+        self.clock.advance(29.9)
+        self.assertFalse(transport.disconnecting)
+        with capturedLogs() as events:
+            self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual([e["timeout"] for e in events if "timeout" in e], [30])
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.unauthenticated, set())
+        self.assertEqual(self.factory.connections, set())
+
+    def test_logged_in_stays(self):
+        """
+        A connection that logged in is no longer timed, nor counted against
+        the cap.
+        """
+        protocol, transport = self.connect()
+        self.log_in(protocol)
+        self.clock.advance(3600)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.factory.unauthenticated, set())
+        self.assertEqual(self.factory.connections, {protocol})
+
+    def test_closed_before_timeout(self):
+        """
+        A connection that goes away leaves no timer behind.
+        """
+        protocol, _ = self.connect()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cap(self):
+        """
+        Past the cap of connections not logged in, a new connection is
+        closed at once (no protocol), logged at most once every 10 seconds
+        with the count of those refused meanwhile; once one has logged in or
+        gone, a new connection is let in again.
+        """
+        first, _ = self.connect()
+        second, _ = self.connect()
+        with capturedLogs() as events:
+            refused = [self.connect()[0] for _ in range(3)]
+            self.clock.advance(10)
+            refused.append(self.connect()[0])
+        self.assertEqual(refused, [None] * 4)
+        self.assertEqual([e["held"] for e in events if "held" in e], [0, 2])
+        self.log_in(first)
+        third, _ = self.connect()
+        self.assertIsNotNone(third)
+        self.assertIsNone(self.connect()[0])
+        second.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.connect()[0])
 
 
 class FakeListeningPort:
@@ -687,6 +989,36 @@ class TapOptionsTests(SynchronousTestCase):
         self.assertUsage(
             self.manhole_arguments(keys=empty), "--manhole-keys", "holds no public key"
         )
+
+    def test_unsafe_keys_directory(self):
+        """
+        A keys file in a directory others may write stops the start, naming
+        --manhole-keys and the fix.
+        """
+        shared = os.path.join(self.directory, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        keys_path = write_keys(os.path.join(shared, "keys"), public_line(make_key()))
+        self.assertUsage(
+            self.manhole_arguments(keys=keys_path),
+            "--manhole-keys",
+            f"chmod go-w {shared}",
+        )
+
+    def test_keys_of_the_twistd_user(self):
+        """
+        The keys file may belong to the user C{twistd -u} will run the
+        server as; without C{-u}, to root or this process's user only.
+        """
+        as_root(self)
+        os.chown(self.keys_path, NOBODY, -1)
+        self.assertUsage(self.manhole_arguments(), "--manhole-keys", "chown root")
+        options = tap.Options()
+        options.parent = {"uid": NOBODY}
+        options.parseOptions(
+            ["--root", self.directory, "--port", "0", *self.manhole_arguments()]
+        )
+        self.assertEqual(options["manhole-keys"], self.keys_path)
 
     def test_remote_address(self):
         """

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -109,6 +111,31 @@ class PacedHandler:
 # -- processes --------------------------------------------------------------------
 
 
+class RawConnection(Protocol):
+    """
+    A TCP client that only listens: what it received, and a Deferred that
+    fires when the connection is closed.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(reactor.seconds())
+
+    def close(self):
+        """
+        Close the connection if it is open; fires once it is closed.
+        """
+        if not self.closed.called:
+            self.transport.loseConnection()
+        return self.closed
+
+
 @dataclass
 class Transcript:
     """
@@ -172,13 +199,14 @@ class ManholeOverSSHTests(TestCase):
         self.manhole = self.start_manhole()
         self.known_hosts = os.path.join(self.directory, "known_hosts")
 
-    def start_manhole(self):
+    def start_manhole(self, **options):
         service = manhole_service(
             "tcp:0:interface=127.0.0.1",
             self.keys_path,
             self.state,
             functools.partial(make_namespace, self.server, reactor),
             reactor,
+            **options,
         )
         service.startService()
         self.addCleanup(service.stopService)
@@ -274,6 +302,24 @@ class ManholeOverSSHTests(TestCase):
             f"a transfer of {path} in flight",
         )
         return self.transfer_of(path)
+
+    async def restart_manhole(self, **options) -> None:
+        """
+        Stop the manhole and start another with C{options}.
+        """
+        await self.manhole.stopService()
+        self.manhole = self.start_manhole(**options)
+
+    async def connect_raw(self) -> RawConnection:
+        """
+        Open a TCP connection to the manhole that never says anything.
+        """
+        endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.manhole.port.getHost().port
+        )
+        connection = await connectProtocol(endpoint, RawConnection())
+        self.addCleanup(connection.close)
+        return connection
 
     def read(self, path: str) -> bytes:
         with open(path, "rb") as file:
@@ -449,3 +495,50 @@ class ManholeOverSSHTests(TestCase):
         )
         self.assertEqual(again.code, 0, str(again))
         self.assertEqual(again.out, "1\n")
+
+    def test_idle_connection_closed(self):
+        """
+        A connection that never logs in is closed once the login timeout
+        (1 second here, 30 by default) has passed.
+        """
+        return ensureDeferred(self._idle_connection_closed())
+
+    async def _idle_connection_closed(self) -> None:
+        await self.restart_manhole(login_timeout=1)
+        connection = await self.connect_raw()
+        opened = reactor.seconds()
+        closed = await connection.closed
+        self.assertTrue(connection.received.startswith(b"SSH-2.0-"))
+        self.assertGreaterEqual(closed - opened, 0.9)
+        self.assertLess(closed - opened, 5)
+        self.assertEqual(self.manhole.factory.unauthenticated, set())
+
+    def test_connections_over_the_cap_refused(self):
+        """
+        With as many connections waiting to log in as allowed (2 here, 16 by
+        default), a new one is closed at once, the real ssh client's too;
+        once one of them goes, an operator logs in again.
+        """
+        return ensureDeferred(self._connections_over_the_cap_refused())
+
+    async def _connections_over_the_cap_refused(self) -> None:
+        await self.restart_manhole(max_unauthenticated=2)
+        waiting = [await self.connect_raw(), await self.connect_raw()]
+        await self.until(
+            lambda: all(c.received for c in waiting), "both connections greeted"
+        )
+        refused = await self.connect_raw()
+        await refused.closed
+        self.assertEqual(refused.received, b"")
+        result = await self.run_process(self.ssh_argv() + ["1"])
+        self.assertEqual(result.code, 255, str(result))
+        self.assertFalse(any(c.closed.called for c in waiting))
+
+        await waiting[0].close()
+        await self.until(
+            lambda: len(self.manhole.factory.unauthenticated) < 2,
+            "the server to see the connection go",
+        )
+        result = await self.run_process(self.ssh_argv() + ["1"])
+        self.assertEqual(result.code, 0, str(result))
+        self.assertEqual(result.out, "1\n")

@@ -18,8 +18,15 @@ Security, in one place:
     keyboard-interactive, no telnet.
   - The keys file is read again at every login, so adding or revoking a key
     needs no restart.  Lines with options (C{from=...}, C{command=...}) are
-    ignored rather than half-honoured, and a file other users may write to
-    is refused, as sshd does.
+    ignored rather than half-honoured.  As sshd's C{StrictModes} does, the
+    file is refused unless it and every directory above it (links resolved)
+    are owned by root or the server's user and writable by no one else (a
+    root-owned sticky directory such as C{/tmp} is fine): checked at start
+    and at every login.
+  - A connection that has not logged in after L{LOGIN_TIMEOUT} seconds is
+    closed, and past L{MAX_UNAUTHENTICATED} such connections new ones are
+    closed at once: idle connections cannot pile up and take the
+    descriptors the TFTP transfers need.
   - The host key is an ed25519 key created on first start in the state
     directory (mode 0600) and reused after, so its fingerprint, logged at
     start, stays the same.
@@ -41,6 +48,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import pwd
 import stat
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -61,8 +69,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .logbudget import OccasionalLine
+
 __all__ = [
     "HOST_KEY_NAME",
+    "LOGIN_TIMEOUT",
+    "MAX_UNAUTHENTICATED",
     "AuthorizedKeysFile",
     "ManholeFactory",
     "ManholeService",
@@ -78,6 +90,13 @@ __all__ = [
 #: The host key's file name in the state directory (its public half has
 #: C{.pub} appended, as ssh-keygen does).
 HOST_KEY_NAME = "manhole_host_ed25519_key"
+
+#: Seconds a connection may take to log in before it is closed.
+LOGIN_TIMEOUT = 30.0
+
+#: The most connections that have not logged in yet at once; past it, new
+#: connections are closed at once.
+MAX_UNAUTHENTICATED = 16
 
 _log = Logger()
 
@@ -102,20 +121,90 @@ def default_state_dir(environ=None) -> str:
     return os.path.join(base, "tftpd_tx")
 
 
-def read_authorized_keys(path: str) -> list[keys.Key]:
+def _who(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_keys_directories(real: str, path: str, owners: set[int]) -> None:
+    """
+    Check every directory above C{real} (the keys file C{path}, its links
+    resolved), from the root down: owned by one of C{owners} and writable by
+    no one else, unless it is a root-owned sticky directory such as C{/tmp},
+    where no one else can rename what lies in it.
+
+    @raise ValueError: naming the first directory at fault and the fix.
+    """
+    directories = []
+    directory = os.path.dirname(real)
+    while True:
+        directories.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for directory in reversed(directories):
+        info = os.stat(directory)
+        if info.st_uid not in owners:
+            raise ValueError(
+                f"{path!r} lies in {directory!r}, owned by {_who(info.st_uid)}, who "
+                "could replace it and log in: keep the keys file in directories "
+                "owned by root or the server's user"
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        sticky = mode & stat.S_ISVTX and info.st_uid == 0
+        if mode & 0o022 and not sticky:
+            raise ValueError(
+                f"{path!r} lies in {directory!r}, which other users may write to, "
+                f"so they could replace it and log in: chmod go-w {directory}, or "
+                "keep the keys file elsewhere"
+            )
+
+
+def read_authorized_keys(path: str, user: int | None = None) -> list[keys.Key]:
     """
     The public keys in an OpenSSH C{authorized_keys} file.
+
+    The file is read only if no one but root and the server's user can
+    change what it says, as sshd's C{StrictModes} has it: with its links
+    resolved, the file and every directory above it are owned by root or
+    C{user}, and writable by no one else (a root-owned sticky directory,
+    such as C{/tmp}, is fine).  The file is checked once open, so the file
+    checked is the file read.
 
     Blank lines and comments are skipped; a line that is not a plain key
     (options such as C{from=} included, since they would not be enforced) is
     logged and skipped.
 
-    @raise ValueError: the file is missing, unreadable or holds no key; the
-        message says how to fix it.
+    @param user: the server's user id; the process's effective one by
+        default (C{twistd -u} gives another at start, before it switches).
+    @raise ValueError: the file is missing, unsafe, unreadable or holds no
+        key; the message says how to fix it.
     """
+    owners = {0, os.geteuid() if user is None else user}
+    real = os.path.realpath(path)
     try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
+        _check_keys_directories(real, path, owners)
+        # O_NONBLOCK: opening a FIFO put there must not wait for a writer.
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(
+                    f"{path!r} is not a file: point to an authorized_keys file"
+                )
+            if info.st_uid not in owners:
+                raise ValueError(
+                    f"{path!r} is owned by {_who(info.st_uid)}, who could then "
+                    f"log in: chown root {path} (or the server's user)"
+                )
+            if stat.S_IMODE(info.st_mode) & 0o022:
+                raise ValueError(
+                    f"{path!r} may be written by other users, who could then log "
+                    f"in: chmod go-w {path}"
+                )
             lines = file.read().splitlines()
     except FileNotFoundError:
         raise ValueError(
@@ -127,11 +216,6 @@ def read_authorized_keys(path: str) -> list[keys.Key]:
             f"{path!r} cannot be read ({error.strerror}): fix its permissions "
             "or point to another authorized_keys file"
         ) from None
-    if stat.S_IMODE(mode) & 0o022:
-        raise ValueError(
-            f"{path!r} may be written by other users, who could then log in: "
-            f"chmod go-w {path}"
-        )
     found = []
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -341,19 +425,29 @@ def _load_host_key(path: str) -> keys.Key:
 @implementer(IAuthorizedKeysDB)
 class AuthorizedKeysFile:
     """
-    The keys of an OpenSSH C{authorized_keys} file, read at every login, for
-    any user name: the key is the identity.
+    The keys of an OpenSSH C{authorized_keys} file, read (and its safety
+    checked, see L{read_authorized_keys}) at every login, for any user name:
+    the key is the identity.  While the file is missing or unsafe nobody
+    gets in; the reason is logged once, when it appears or changes, not at
+    every login.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._problem: str | None = None
 
     def getAuthorizedKeys(self, username: bytes) -> list[keys.Key]:
         try:
-            return read_authorized_keys(self.path)
+            found = read_authorized_keys(self.path)
         except ValueError as error:
-            _log.error("Manhole login refused: {error}", error=str(error))
+            if str(error) != self._problem:
+                self._problem = str(error)
+                _log.error("Manhole logins refused: {error}", error=self._problem)
             return []
+        if self._problem is not None:
+            self._problem = None
+            _log.info("Manhole keys file {path} usable again", path=self.path)
+        return found
 
 
 class _LoggingKeyChecker(SSHPublicKeyChecker):
@@ -494,8 +588,21 @@ class _ManholeRealm(TerminalRealm):
 
 
 class _ManholeTransport(SSHServerTransport):
+    """
+    Conch's server transport, counted by its factory while it has not logged
+    in, and closed if it has not logged in after the factory's
+    C{login_timeout}.
+    """
+
+    _login_timer = None
+
     def connectionMade(self):
-        self.factory.connections.add(self)
+        factory = self.factory
+        factory.connections.add(self)
+        factory.unauthenticated.add(self)
+        self._login_timer = factory.clock.callLater(
+            factory.login_timeout, self._login_timed_out
+        )
         peer = self.transport.getPeer()
         _log.info(
             "Manhole connection from {host}:{port}",
@@ -504,7 +611,33 @@ class _ManholeTransport(SSHServerTransport):
         )
         super().connectionMade()
 
+    def setService(self, service):
+        super().setService(service)
+        # Conch's user authentication sets the avatar just before it starts
+        # the service that follows a login.
+        if hasattr(self, "avatar"):
+            self._logged_in()
+
+    def _logged_in(self) -> None:
+        self.factory.unauthenticated.discard(self)
+        if self._login_timer is not None:
+            if self._login_timer.active():
+                self._login_timer.cancel()
+            self._login_timer = None
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        peer = self.transport.getPeer()
+        _log.info(
+            "Manhole connection from {host}:{port} closed: no login within {timeout}s",
+            host=getattr(peer, "host", peer),
+            port=getattr(peer, "port", ""),
+            timeout=self.factory.login_timeout,
+        )
+        self.transport.abortConnection()
+
     def connectionLost(self, reason):
+        self._logged_in()
         self.factory.connections.discard(self)
         super().connectionLost(reason)
 
@@ -518,23 +651,64 @@ class _ManholeTransport(SSHServerTransport):
 
 class ManholeFactory(ConchFactory):
     """
-    Conch's factory with host keys of its own: C{ConchFactory.publicKeys}
+    Conch's factory with host keys of its own (C{ConchFactory.publicKeys}
     and C{privateKeys} are class attributes shared by every instance, so
-    each instance gets fresh dictionaries.
+    each instance gets fresh dictionaries), and bounds on the connections
+    that have not logged in: each is closed after C{login_timeout} seconds
+    (Conch's own timeout is hours, and starts only after the key exchange),
+    and past C{max_unauthenticated} of them new connections are closed at
+    once, which is logged at most once every 10 seconds.
+
+    @param portal: the portal that checks logins.
+    @param host_key: the private host key, or L{None} to set it later with
+        L{set_host_key}.
+    @param clock: the C{IReactorTime} of the timeouts.
+    @param login_timeout: seconds a connection may take to log in.
+    @param max_unauthenticated: the most connections not logged in at once.
 
     @ivar connections: the SSH connections open now.
+    @ivar unauthenticated: those of them that have not logged in.
     """
 
     protocol = _ManholeTransport
     noisy = False
 
-    def __init__(self, portal: Portal, host_key: keys.Key | None = None) -> None:
+    def __init__(
+        self,
+        portal: Portal,
+        host_key: keys.Key | None = None,
+        *,
+        clock,
+        login_timeout: float = LOGIN_TIMEOUT,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+    ) -> None:
         super().__init__(portal)
         self.publicKeys: dict[bytes, keys.Key] = {}
         self.privateKeys: dict[bytes, keys.Key] = {}
         self.connections: set[_ManholeTransport] = set()
+        self.unauthenticated: set[_ManholeTransport] = set()
+        self.clock = clock
+        self.login_timeout = login_timeout
+        self.max_unauthenticated = max_unauthenticated
+        self._refusals = OccasionalLine(clock, 10.0)
         if host_key is not None:
             self.set_host_key(host_key)
+
+    def buildProtocol(self, addr):
+        if len(self.unauthenticated) < self.max_unauthenticated:
+            return super().buildProtocol(addr)
+        held = self._refusals.allow()
+        if held is not None:
+            _log.warn(
+                "Manhole connection from {host} refused: {count} connections "
+                "have not logged in yet, the most allowed ({held} more refused "
+                "since the last such line)",
+                host=getattr(addr, "host", addr),
+                count=len(self.unauthenticated),
+                held=held,
+            )
+        # No protocol: the connection is closed at once.
+        return None
 
     def set_host_key(self, key: keys.Key) -> None:
         """
@@ -563,6 +737,8 @@ class ManholeService(Service):
         the namespace dictionary of that prompt.
     @param reactor: the reactor (used for scheduling only).
     @param allow_remote: whether a non-loopback bound address is acceptable.
+    @param login_timeout: seconds a connection may take to log in.
+    @param max_unauthenticated: the most connections not logged in at once.
 
     @ivar factory: the L{ManholeFactory}.
     @ivar port: the listening port once started, else L{None}.
@@ -578,6 +754,8 @@ class ManholeService(Service):
         reactor,
         *,
         allow_remote: bool = False,
+        login_timeout: float = LOGIN_TIMEOUT,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
     ) -> None:
         self._endpoint = endpoint
         self._state_dir = state_dir
@@ -586,7 +764,12 @@ class ManholeService(Service):
         self.keys_path = keys_path
         checker = _LoggingKeyChecker(AuthorizedKeysFile(keys_path))
         realm = _ManholeRealm(namespace_factory, reactor)
-        self.factory = ManholeFactory(Portal(realm, [checker]))
+        self.factory = ManholeFactory(
+            Portal(realm, [checker]),
+            clock=reactor,
+            login_timeout=login_timeout,
+            max_unauthenticated=max_unauthenticated,
+        )
         self.port = None
         self.host_key = None
 
@@ -666,10 +849,13 @@ def manhole_service(
     reactor,
     *,
     allow_remote: bool = False,
+    login_timeout: float = LOGIN_TIMEOUT,
+    max_unauthenticated: int = MAX_UNAUTHENTICATED,
 ) -> ManholeService:
     """
     The manhole service for an endpoint description such as
-    C{tcp:2222:interface=127.0.0.1}, after the checks of L{check_endpoint}.
+    C{tcp:2222:interface=127.0.0.1}, after the checks of L{check_endpoint};
+    the other arguments are those of L{ManholeService}.
 
     @raise ValueError: the description is bad or not loopback.
     """
@@ -681,4 +867,6 @@ def manhole_service(
         namespace_factory,
         reactor,
         allow_remote=allow_remote,
+        login_timeout=login_timeout,
+        max_unauthenticated=max_unauthenticated,
     )

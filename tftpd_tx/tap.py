@@ -152,8 +152,11 @@ class Options(usage.Options):
         except ValueError as error:
             raise usage.UsageError(f"--manhole {error}") from None
         self["manhole-keys"] = os.path.expanduser(self["manhole-keys"])
+        # The keys file is checked for the user the server will run as:
+        # twistd's -u, parsed before this command's options, else this one.
+        parent = getattr(self, "parent", None) or {}
         try:
-            read_authorized_keys(self["manhole-keys"])
+            read_authorized_keys(self["manhole-keys"], parent.get("uid"))
         except ValueError as error:
             raise usage.UsageError(f"--manhole-keys {error}") from None
         self["state-dir"] = os.path.expanduser(self["state-dir"] or default_state_dir())
