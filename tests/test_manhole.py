@@ -34,7 +34,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tftpd_tx import manhole, tap, wire
+from tftpd_tx import endpoints, manhole, tap, wire
 from tftpd_tx.operator import make_namespace
 from tftpd_tx.server import TFTPServer
 from tftpd_tx.testing import FakeUDPReactor, MemoryHandler
@@ -859,7 +859,7 @@ class CheckEndpointTests(SynchronousTestCase):
             "tcp:2222:127.0.0.1:50",
             "unix:/run/tftpd_tx/manhole.sock",
         ]:
-            manhole.check_endpoint(description)
+            endpoints.check_endpoint(description)
 
     def test_not_loopback(self):
         """
@@ -874,9 +874,9 @@ class CheckEndpointTests(SynchronousTestCase):
             "tcp6:2222",
             "tcp6:2222:interface=\\:\\:",
         ]:
-            exc = self.assertRaises(ValueError, manhole.check_endpoint, description)
+            exc = self.assertRaises(ValueError, endpoints.check_endpoint, description)
             self.assertIn("--manhole-allow-remote", str(exc))
-            manhole.check_endpoint(description, allow_remote=True)
+            endpoints.check_endpoint(description, allow_remote=True)
 
     def test_unknown_kind(self):
         """
@@ -886,9 +886,9 @@ class CheckEndpointTests(SynchronousTestCase):
         # Parsing a systemd endpoint needs sockets from systemd: pretend.
         self.patch(manhole.endpoints, "serverFromString", lambda reactor, text: None)
         description = "systemd:domain=INET:index=0"
-        exc = self.assertRaises(ValueError, manhole.check_endpoint, description)
+        exc = self.assertRaises(ValueError, endpoints.check_endpoint, description)
         self.assertIn("--manhole-allow-remote", str(exc))
-        manhole.check_endpoint(description, allow_remote=True)
+        endpoints.check_endpoint(description, allow_remote=True)
 
     def test_malformed(self):
         """
@@ -897,7 +897,7 @@ class CheckEndpointTests(SynchronousTestCase):
         """
         for description in ["nonsense:1", "tcp:notaport", "tcp"]:
             exc = self.assertRaises(
-                ValueError, manhole.check_endpoint, description, True
+                ValueError, endpoints.check_endpoint, description, True
             )
             self.assertIn("tcp:2222:interface=127.0.0.1", str(exc))
 

@@ -127,7 +127,7 @@ class SchemaTests(SynchronousTestCase):
         values = {row.name: row.command_line_default for row in SCHEMA}
         self.assertEqual(Settings.from_dict(values).as_dict(), values)
         differ = [row.name for row in SCHEMA if row.command_line_default != row.default]
-        self.assertEqual(differ, ["linger"])
+        self.assertEqual(differ, ["linger", "shutdown_grace"])
 
     def test_linger(self):
         """

@@ -183,16 +183,17 @@ class SettingOptionsTests(OptionsMixin, SynchronousTestCase):
                 rollover=1,
                 log_rate=10,
                 linger=0.002,
+                shutdown_grace=30.0,
             ),
         )
 
     def test_service_defaults(self):
         """
         Without setting options, the server's settings are the command-line
-        defaults: those in code, with the linger on.
+        defaults: those in code, with the linger on and a shutdown grace.
         """
         server = tap.makeService(self.parse()).getServiceNamed("tftp").server
-        self.assertEqual(server.settings, Settings(linger=0.001))
+        self.assertEqual(server.settings, Settings(linger=0.001, shutdown_grace=30.0))
 
 
 class PortTests(OptionsMixin, SynchronousTestCase):

@@ -30,7 +30,7 @@ Security, in one place:
   - The host key is an ed25519 key created on first start in the state
     directory (mode 0600) and reused after, so its fingerprint, logged at
     start, stays the same.
-  - L{check_endpoint} refuses a listening address that is not loopback unless
+  - L{tftpd_tx.endpoints.check_endpoint} refuses a listening address that is not loopback unless
     the operator says C{allow_remote}; the service checks the bound address
     again once listening.
 
@@ -46,7 +46,6 @@ prompt never reads standard input (the namespace's C{help()} returns text).
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import pwd
 import stat
@@ -69,6 +68,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .endpoints import check_endpoint, is_loopback
 from .logbudget import OccasionalLine
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
     "AuthorizedKeysFile",
     "ManholeFactory",
     "ManholeService",
-    "check_endpoint",
     "check_state_dir",
     "default_state_dir",
     "fingerprint",
@@ -236,91 +235,6 @@ def read_authorized_keys(path: str, user: int | None = None) -> list[keys.Key]:
             f"e.g. cat ~/.ssh/id_ed25519.pub >> {path}"
         )
     return found
-
-
-def _is_loopback(host: str) -> bool:
-    address = ipaddress.ip_address(host.split("%")[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def _split_description(description: str) -> tuple[list[str], dict[str, str]]:
-    """
-    Split an endpoint description into its positional and keyword arguments,
-    honouring backslash escapes (C{tcp6:2222:interface=\\:\\:1}).
-    """
-    parts, current, escaped = [], [], False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    args, kwargs = [], {}
-    for part in parts:
-        name, equals, value = part.partition("=")
-        if equals:
-            kwargs[name] = value
-        else:
-            args.append(part)
-    return args, kwargs
-
-
-class _NoReactor:
-    """
-    Stands in for the reactor while a description is parsed: parsing
-    builds an endpoint but never uses its reactor.
-    """
-
-
-def check_endpoint(description: str, allow_remote: bool = False) -> None:
-    """
-    Check that C{description} is a server endpoint that listens on loopback
-    only (TCP on C{127.0.0.0/8} or C{::1}, or a UNIX socket), unless
-    C{allow_remote}.
-
-    @raise ValueError: saying what is wrong and what to write instead.
-    """
-    try:
-        endpoints.serverFromString(_NoReactor(), description)
-    except Exception as error:
-        raise ValueError(
-            f"{description!r} is not a server endpoint ({error}): write it like "
-            "tcp:2222:interface=127.0.0.1"
-        ) from None
-    if allow_remote:
-        return
-    args, kwargs = _split_description(description)
-    kind = args[0].lower()
-    if kind == "unix":
-        return
-    if kind in ("tcp", "tcp6"):
-        # tcp:PORT[:INTERFACE[:BACKLOG]], or with keywords.
-        interface = kwargs.get("interface", args[2] if len(args) > 2 else "")
-        try:
-            loopback = bool(interface) and _is_loopback(interface)
-        except ValueError:
-            loopback = False
-        if loopback:
-            return
-        where = f"on {interface!r}" if interface else "on every address"
-        raise ValueError(
-            f"{description!r} listens {where}, not only on loopback: add "
-            "interface=127.0.0.1 (or interface=\\:\\:1 for tcp6), or pass "
-            "--manhole-allow-remote if remote logins are intended"
-        )
-    raise ValueError(
-        f"{description!r}: cannot tell whether a {kind!r} endpoint listens on "
-        "loopback only; use tcp:PORT:interface=127.0.0.1, or pass "
-        "--manhole-allow-remote if that is intended"
-    )
 
 
 def check_state_dir(path: str) -> None:
@@ -790,7 +704,7 @@ class ManholeService(Service):
     def _listening(self, port) -> None:
         host = port.getHost()
         if isinstance(host, (IPv4Address, IPv6Address)):
-            if not self._allow_remote and not _is_loopback(host.host):
+            if not self._allow_remote and not is_loopback(host.host):
                 port.stopListening()
                 raise ValueError(
                     f"the manhole is bound to {host.host}, which is not loopback: "

@@ -37,6 +37,7 @@ __all__ = [
     "Operator",
     "OperatorNamespace",
     "format_counters",
+    "format_flaps",
     "format_kill",
     "format_settings",
     "format_status",
@@ -182,6 +183,15 @@ class Operator:
         """
         self.server.resume()
         return self.status()
+
+    def flaps(self) -> list[dict[str, Any]]:
+        """
+        The client prefixes whose transfers are abandoned or whose datagrams
+        stray here often enough to look like a path that moves between
+        servers: C{[{"prefix": "192.0.2.0/24", "abandoned": 3, "strays":
+        0}, ...]}, most first (see L{tftpd_tx.flaps}).
+        """
+        return self.server.flaps.flapping()
 
     def settings(self) -> dict[str, Any]:
         """
@@ -353,6 +363,16 @@ def format_counters(counters: dict[str, int]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in counters.items())
 
 
+def format_flaps(flaps: list[dict[str, Any]]) -> str:
+    """
+    The flapping prefixes as a table, or a line saying there are none.
+    """
+    if not flaps:
+        return "No client prefix flaps"
+    rows = [[row["prefix"], str(row["abandoned"]), str(row["strays"])] for row in flaps]
+    return _table(["PREFIX", "ABANDONED", "STRAYS"], rows)
+
+
 def format_settings(settings: dict[str, Any]) -> str:
     """
     The settings (L{Operator.settings}), one a line.
@@ -445,6 +465,7 @@ class OperatorNamespace:
             "counters": self.counters,
             "drain": self.drain,
             "resume": self.resume,
+            "flaps": self.flaps,
             "help": self.help,
         }
 
@@ -473,12 +494,16 @@ class OperatorNamespace:
         """Accept new requests again after drain()."""
         return _Text(format_status(self.operator.resume()))
 
+    def flaps(self) -> _Text:
+        """Client prefixes whose path seems to move between servers."""
+        return _Text(format_flaps(self.operator.flaps()))
+
     def help(self, thing=None) -> _Text:
         """This list; help(thing) shows the documentation of thing."""
         if thing is not None:
             return _Text(pydoc.render_doc(thing, renderer=pydoc.plaintext))
         helpers = [self.ls, self.show, self.kill, self.counters, self.drain,
-                   self.resume, self.help]  # fmt: skip
+                   self.resume, self.flaps, self.help]  # fmt: skip
         calls = {
             "show": "show(id)",
             "kill": "kill(id)",

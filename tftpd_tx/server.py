@@ -26,6 +26,7 @@ from .content import Request, error_for, normalize_path
 from .logbudget import LogBudget, OccasionalLine, path_for_log
 from .netascii import NetasciiResponseData
 from .options import negotiate
+from .flaps import FlapTable
 from .policy import ClientRates, SessionCounts, session_cap
 from .session import ReadSession, backoff_schedule
 from .requestport import plain_address
@@ -80,6 +81,8 @@ class TFTPServer(DatagramProtocol):
     @ivar sessions: the live transfers, by session id.
     @ivar draining: while L{True}, new requests are ignored (so that clients
         retry elsewhere) and running transfers go on; see L{drain}.
+    @ivar flaps: the L{FlapTable} of abandoned transfers and strays by
+        client prefix (the sign of a client whose anycast path moves).
     @ivar descriptor_limit: the process's limit on open descriptors, from
         which the session caps are derived when the settings leave them
         L{None} (L{tftpd_tx.service.TFTPService} raises it at start).
@@ -117,6 +120,10 @@ class TFTPServer(DatagramProtocol):
         self._busy_peers: dict[tuple[str, int], ReadSession | None] = {}
         self._in_progress = SessionCounts()
         self._rates = ClientRates()
+        self.flaps = FlapTable(
+            reactor,
+            lengths=lambda: (self.settings.flap_ipv4_prefix, self.settings.flap_ipv6_prefix),
+        )
         self.draining = False
         self._stopped = False
         self.descriptor_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -178,8 +185,11 @@ class TFTPServer(DatagramProtocol):
             )
         else:
             # DATA, ACK, ERROR or OACK belong to a transfer port; here they
-            # are leftovers of transfers that ended.  Silence is the answer.
+            # are leftovers of transfers that ended, or of a transfer another
+            # server of the fleet has.  Silence is the answer.
             stats.increment("datagrams.ignored")
+            if not isinstance(packet, wire.Error):
+                self.flaps.stray(peer[0])
 
     def _note(self, kind: str, text: str, **fields) -> None:
         """
@@ -282,6 +292,7 @@ class TFTPServer(DatagramProtocol):
         if not self.allow_request(request):
             stats.increment("requests.denied")
             return
+        stats.increment("requests.accepted")
         self._busy_peers[peer] = None
         self._in_progress.add(peer[0])
         self._ask_handler(request, self._reactor.seconds())
@@ -502,6 +513,7 @@ class TFTPServer(DatagramProtocol):
         source port below 1024 unless allowed, as for requests).
         """
         self.stats.increment("datagrams.stray")
+        self.flaps.stray(addr[0])
         return addr[1] >= LOWEST_CLIENT_PORT or self.settings.allow_low_ports
 
     def _close_quietly(self, response) -> None:
@@ -516,6 +528,8 @@ class TFTPServer(DatagramProtocol):
         if self._busy_peers.get(session.peer) is session:
             self._release(session.peer)
         self.stats.session_ended(stats)
+        if stats.outcome == Outcome.TIMEOUT and stats.packets_acked:
+            self.flaps.abandoned(stats.peer[0])
         self._log_transfer(stats)
         if self._session_callback is not None:
             try:
@@ -543,6 +557,7 @@ class TFTPServer(DatagramProtocol):
                 if stats.error_code is not None
                 else ""
             ),
+            session_id=stats.session_id,
             session=stats,
         )
 

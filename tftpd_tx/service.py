@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -62,8 +63,9 @@ class TFTPService(Service):
     Listen for TFTP requests on one UDP address and serve them with a handler.
 
     The port is bound in C{privilegedStartService}, so C{twistd -u/-g} can
-    drop privileges after binding port 69.  Stopping the service closes the
-    port and aborts the transfers still running.
+    drop privileges after binding port 69.  Stopping the service lets the
+    transfers in flight finish for up to C{settings.shutdown_grace} seconds
+    (0 by default: at once), then aborts the rest and closes the port.
 
     @param handler: the L{tftpd_tx.content.IHandler}.
     @param port: the UDP port (69 is TFTP's).
@@ -80,6 +82,9 @@ class TFTPService(Service):
         C{get_and_reset_all_counters} to report per interval, as fbtftp's
         C{server_stats_callback} does).
     @param stats_interval: seconds between calls of C{stats_callback}.
+    @param stop_signals: while a graceful stop waits (see the
+        C{shutdown_grace} setting), a second SIGTERM or SIGINT stops at
+        once; for C{twistd}, where the first one started the stop.
 
     @ivar server: the L{TFTPServer} protocol.
     @ivar port: the listening port once started, else L{None}.
@@ -100,6 +105,7 @@ class TFTPService(Service):
         stats_callback=None,
         stats_interval: float = 60.0,
         network=None,
+        stop_signals: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -109,6 +115,9 @@ class TFTPService(Service):
         self._stats_loop = None
         self._port_number = port
         self._interface = listening_address(interface)
+        self._stop_signals = stop_signals
+        self._stopping = None
+        self._cut = False
         if network is None:
             network = default_network(reactor, lambda: self.server.settings.linger)
         self.server = TFTPServer(
@@ -154,12 +163,132 @@ class TFTPService(Service):
             self._log.failure("Server stats callback failed")
 
     def stopService(self):
+        """
+        Stop: with a C{shutdown_grace}, drain first (no new transfers, the
+        ones in flight go on for up to that many seconds), then abort what
+        is left and close the port.  The Deferred returned (also
+        L{when_stopped}) fires once the port is closed.
+        """
         super().stopService()
         if self._stats_loop is not None and self._stats_loop.running:
             self._stats_loop.stop()
         self._stats_loop = None
-        self.server.stop()
+        if self._stopping is None:
+            self._stopping = _GracefulStop(
+                self.server, self._reactor, self.server.settings.shutdown_grace,
+                self._close_port, signals=self._stop_signals,
+            ).start()  # fmt: skip
+        return self._stopping
+
+    def when_stopped(self) -> defer.Deferred:
+        """
+        A Deferred that fires once the service has stopped (at once if it
+        is not stopping): what the services that report on it wait for.
+        """
+        if self._stopping is None:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+
+        def relay(result):
+            waiter.callback(None)
+            return result
+
+        self._stopping.addBoth(relay)
+        return waiter
+
+    @property
+    def cut(self) -> bool:
+        """
+        Whether a graceful stop had to cut transfers at its deadline.
+        """
+        return self._cut
+
+    def _close_port(self, cut: bool):
+        self._cut = cut
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class _GracefulStop:
+    """
+    One stop of a server: drain, wait for the transfers in flight up to the
+    grace, abort the rest, close.
+
+    @param close: called with whether transfers were cut; may return a
+        Deferred.
+    @param signals: whether a second SIGTERM or SIGINT stops at once
+        (under twistd, where the first one started this).
+    """
+
+    _log = Logger()
+    #: Seconds between two looks at whether the transfers have finished.
+    POLL = 0.05
+
+    def __init__(self, server, reactor, grace: float, close, *, signals: bool) -> None:
+        self._server = server
+        self._reactor = reactor
+        self._grace = grace
+        self._close = close
+        self._signals = signals
+        self._done = defer.Deferred()
+        self._deadline = None
+        self._poll = None
+        self._in_flight = 0
+
+    def start(self) -> defer.Deferred:
+        server = self._server
+        self._in_flight = len(server.sessions)
+        if not self._in_flight or not self._grace:
+            self._finish(cut_by="")
+            return self._done
+        server.drain()
+        self._log.info(
+            "Stopping: {count} transfers in flight, waiting up to {grace:g}s for them"
+            " (a second SIGTERM or SIGINT stops at once)",
+            count=self._in_flight,
+            grace=self._grace,
+        )
+        self._deadline = self._reactor.callLater(self._grace, self._finish, "the grace deadline")
+        self._poll = self._reactor.callLater(self.POLL, self._check)
+        if self._signals:
+            self._install_signals()
+        return self._done
+
+    def _install_signals(self) -> None:
+        import signal
+
+        def now(signum, frame):
+            self._reactor.callFromThread(self._finish, "a second signal")
+
+        for name in ("SIGTERM", "SIGINT"):
+            signal.signal(getattr(signal, name), now)
+
+    def _check(self) -> None:
+        self._poll = None
+        if not self._server.sessions:
+            self._finish(cut_by="")
+        else:
+            self._poll = self._reactor.callLater(self.POLL, self._check)
+
+    def _finish(self, cut_by: str) -> None:
+        if self._done.called:
+            return
+        for call in (self._deadline, self._poll):
+            if call is not None and call.active():
+                call.cancel()
+        left = len(self._server.sessions)
+        if self._in_flight:
+            self._log.info(
+                "Stopped: {finished} of {count} transfers finished while draining,"
+                " {left} cut{by}",
+                finished=self._in_flight - left,
+                count=self._in_flight,
+                left=left,
+                by=f" at {cut_by}" if left and cut_by else "",
+            )
+        self._server.stop()
+        defer.maybeDeferred(self._close, bool(left and self._in_flight)).addBoth(
+            lambda result: self._done.callback(None)
+        )

@@ -327,6 +327,36 @@ SCHEMA: tuple[Setting, ...] = (
         low=1,
         high=3600,
     ),
+    # Off in code, as before: an embedding application decides how its
+    # own shutdown goes.
+    Setting(
+        "shutdown_grace",
+        float,
+        0.0,
+        "Seconds a stop (SIGTERM) lets the transfers in flight finish while no "
+        "new ones are accepted; then the rest get ERROR 0 \"Server shutting "
+        "down\". A second SIGTERM or SIGINT stops at once. 0: at once.",
+        low=0,
+        high=3600,
+        cli_default=30.0,
+    ),
+    Setting(
+        "flap_ipv4_prefix",
+        int,
+        24,
+        "Length of the IPv4 client prefixes the flap signal counts abandoned "
+        "transfers and strays by.",
+        low=8,
+        high=32,
+    ),
+    Setting(
+        "flap_ipv6_prefix",
+        int,
+        64,
+        "Length of the IPv6 client prefixes the flap signal counts by.",
+        low=16,
+        high=128,
+    ),
     Setting(
         "allow_low_ports",
         bool,

@@ -9,12 +9,15 @@ once, where it happens.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
+import math
 from dataclasses import dataclass, field
 
 from .content import Request
 
-__all__ = ["Outcome", "SessionStats", "ServerStats"]
+__all__ = ["Histogram", "Outcome", "SessionStats", "ServerStats"]
 
 
 class Outcome:
@@ -96,6 +99,45 @@ class SessionStats:
         return self.first_data_time - self.start_time
 
 
+class Histogram:
+    """
+    How many observations fell at or below each bound, their count and
+    their sum: what a Prometheus histogram exposes, kept without any
+    metrics library so that the statistics stay the one source.
+
+    @ivar bounds: the upper bounds of the buckets, ascending (an implicit
+        last bucket takes everything above).
+    @ivar counts: observations per bucket (not cumulative), one more entry
+        than C{bounds}.
+    """
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """
+        C{(bound, observations at or below it)} for every bound and
+        infinity, as Prometheus's C{le} buckets are.
+        """
+        return list(zip((*self.bounds, math.inf), itertools.accumulate(self.counts)))
+
+
+#: Buckets of transfer durations, in seconds: a config file in milliseconds
+#: to a large image over a slow link.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: Buckets of the time from a request to its first reply, in seconds: the
+#: handler's (and an origin's) latency.
+FIRST_PACKET_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
 class ServerStats:
     """
     Counters for a whole server.
@@ -103,11 +145,17 @@ class ServerStats:
     Counters are named by strings (C{"requests"}, C{"outcome.completed"},
     C{"errors.1"}, ...) and only ever go up, except through
     L{get_and_reset_all_counters}.
+
+    @ivar durations: a L{Histogram} of the durations of finished transfers.
+    @ivar first_packet: a L{Histogram} of the time from each transfer's
+        request to its first OACK or DATA.
     """
 
     def __init__(self) -> None:
         self.counters: collections.Counter[str] = collections.Counter()
         self.active_sessions = 0
+        self.durations = Histogram(DURATION_BUCKETS)
+        self.first_packet = Histogram(FIRST_PACKET_BUCKETS)
 
     def increment(self, name: str, amount: int = 1) -> None:
         self.counters[name] += amount
@@ -127,6 +175,14 @@ class ServerStats:
         counters["retransmits"] += session.retransmits
         if session.error_code is not None and session.outcome != Outcome.PROBE:
             counters[f"errors.{session.error_code}"] += 1
+        if session.outcome == Outcome.TIMEOUT and session.packets_acked:
+            # The client was there and went away mid-transfer: on an anycast
+            # address, the sign that its path moved to another server.
+            counters["transfers.abandoned"] += 1
+        if session.duration is not None:
+            self.durations.observe(session.duration)
+        if session.handler_latency is not None:
+            self.first_packet.observe(session.handler_latency)
 
     def get_and_reset_all_counters(self) -> dict[str, int]:
         """

@@ -13,6 +13,7 @@ import socket
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from .endpoints import check_endpoint
 from .filesystem import FilesystemHandler
 from .settings import SCHEMA, Setting, Settings
 from .service import TFTPService, listening_address
@@ -86,6 +87,31 @@ class Options(usage.Options):
             "manhole; read at every login. Public keys are the only way in.",
         ],
         [
+            "ops",
+            None,
+            None,
+            "Serve the operations endpoint (/metrics for Prometheus, /health "
+            "and /ready for the BGP speaker's check, POST /drain and /resume) "
+            "on this endpoint, e.g. tcp:9669:interface=127.0.0.1. Off unless given.",
+        ],
+        [
+            "health-canary",
+            None,
+            None,
+            "A small file under the root (or one the handler serves) that the "
+            "server fetches from itself through its own listener every 5 s; "
+            "two failures in a row make /health 503.",
+        ],
+        [
+            "disable-file",
+            None,
+            None,
+            "A file kept present (created atomically) while the server is "
+            "degraded or draining but can serve, and absent otherwise: for "
+            "ExaBGP healthcheck's --disable, which keeps the route but "
+            "de-prefers it.",
+        ],
+        [
             "state-dir",
             None,
             None,
@@ -101,6 +127,12 @@ class Options(usage.Options):
             "manhole-allow-remote",
             None,
             "Let the manhole listen on an address that is not loopback.",
+        ],
+        [
+            "ops-allow-remote",
+            None,
+            "Let the operations endpoint listen on an address that is not "
+            "loopback (POST /drain and /resume stay loopback-only).",
         ],
     ]
 
@@ -121,6 +153,18 @@ class Options(usage.Options):
         self._check_bindable()
         if self["manhole"] is not None:
             self._check_manhole()
+        if self["ops"] is not None:
+            try:
+                check_endpoint(self["ops"], self["ops-allow-remote"], "--ops-allow-remote")
+            except ValueError as error:
+                raise usage.UsageError(f"--ops {error}") from None
+        if self["disable-file"] is not None:
+            directory = os.path.dirname(os.path.abspath(self["disable-file"]))
+            if not os.path.isdir(directory):
+                raise usage.UsageError(
+                    f"--disable-file {self['disable-file']!r}: its directory "
+                    f"{directory!r} does not exist; create it or choose another path"
+                )
 
     def _check_bindable(self) -> None:
         """
@@ -140,12 +184,7 @@ class Options(usage.Options):
 
     def _check_manhole(self) -> None:
         # Conch is imported only when a manhole is asked for.
-        from .manhole import (
-            check_endpoint,
-            check_state_dir,
-            default_state_dir,
-            read_authorized_keys,
-        )
+        from .manhole import check_state_dir, default_state_dir, read_authorized_keys
 
         try:
             check_endpoint(self["manhole"], self["manhole-allow-remote"])
@@ -246,9 +285,10 @@ def settings_from(options: Options) -> Settings:
 
 def makeService(options: Options) -> MultiService:
     """
-    The TFTP listener (named C{"tftp"}), in a L{MultiService} that later
-    services (metrics) join, with the SSH manhole (named C{"manhole"}) when
-    C{--manhole} is given.
+    The TFTP listener (named C{"tftp"}), in a L{MultiService} with the
+    operations endpoint and the health keeper (named C{"ops"} and
+    C{"health"}) when C{--ops}, C{--health-canary} or C{--disable-file} is
+    given, and the SSH manhole (named C{"manhole"}) when C{--manhole} is.
     """
     settings = settings_from(options)
     top = MultiService()
@@ -258,9 +298,23 @@ def makeService(options: Options) -> MultiService:
         port=options["port"],
         interface=options["interface"],
         settings=settings,
+        stop_signals=True,
     )
     tftp.setName("tftp")
     tftp.setServiceParent(top)
+    if any(options[name] is not None for name in ("ops", "health-canary", "disable-file")):
+        from twisted.internet import reactor
+
+        from .ops import operations_services
+
+        for service in operations_services(
+            tftp,
+            reactor,
+            endpoint=options["ops"],
+            canary=options["health-canary"],
+            disable_file=options["disable-file"],
+        ):
+            service.setServiceParent(top)
     if options["manhole"] is not None:
         from twisted.internet import reactor
 
