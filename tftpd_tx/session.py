@@ -164,6 +164,7 @@ class ReadSession(DatagramProtocol):
         self._eof = False
         self._reading: Deferred | None = None
         self._port = None
+        self._write = None
         self._attempt = 0
         self._proven = False
         # One DelayedCall, moved as rarely as possible: progress only moves
@@ -192,6 +193,7 @@ class ReadSession(DatagramProtocol):
 
     def startProtocol(self) -> None:
         port = self._port = ITransferPort(self.transport)
+        self._write = port.write
         host = port.getHost()
         now = self._last_progress = self._clock.seconds()
         self.stats.local_addr = (host.host, host.port)
@@ -335,21 +337,29 @@ class ReadSession(DatagramProtocol):
         Send the blocks of the window that are not on the wire yet.
         """
         packets = self._packets
-        window = min(self._window, len(packets))
-        if self._sent == window:
+        sent = self._sent
+        window = self._window
+        if window > len(packets):
+            window = len(packets)
+        if sent == window:
             return
         stats = self.stats
         if stats.first_data_time is None:
             stats.first_data_time = self._clock.seconds()
-        unsent = packets[self._sent : window]
+        # Lock-step, the most common case by far, takes no slice.
+        unsent = (packets[sent],) if window - sent == 1 else packets[sent:window]
         written = self._send(unsent)
-        stats.blocks_sent += written
-        # Every block but the last of a transfer is full, and a packet the
-        # kernel refused (a full buffer) is the one to count as not sent.
-        stats.bytes_sent += sum(map(len, unsent[:written])) - 4 * written
+        if written:
+            stats.blocks_sent += written
+            # Every block but the last of a transfer is full, and a packet
+            # the kernel refused (a full buffer) is the one not sent.
+            if written == 1:
+                stats.bytes_sent += len(unsent[0]) - 4
+            else:
+                stats.bytes_sent += sum(map(len, unsent[:written])) - 4 * written
         self._sent = window
 
-    def _send(self, packets: list[bytes]) -> int:
+    def _send(self, packets) -> int:
         """
         Send packets to the peer: the one place that counts
         C{packets_sent}.  A packet the kernel refuses (a full buffer) counts
@@ -359,7 +369,7 @@ class ReadSession(DatagramProtocol):
         """
         if len(packets) == 1:
             try:
-                self._port.write(packets[0], self.peer)
+                self._write(packets[0], self.peer)
             except OSError:
                 return 0
             written = 1
