@@ -92,3 +92,41 @@ class RealPortTests(TestCase):
         transfer = network.open_transfer(_Quiet(), "127.0.0.1")
         self.addCleanup(transfer.stopListening)
         self.assertTrue(verifyObject(ITransferPort, transfer))
+
+
+class AdoptTests(TestCase):
+    """
+    A listening socket bound elsewhere (systemd, a supervisor) is adopted
+    as the request port.
+    """
+
+    def test_adopt_blocking_wildcard_socket(self):
+        """
+        A blocking socket bound to 0.0.0.0 becomes a non-blocking request
+        port that learns each datagram's destination; the caller's own
+        socket may be closed.
+        """
+        if not epoll_available(reactor):
+            self.skipTest("this reactor has no epoll")
+        import socket
+
+        received = []
+
+        class Recording(DatagramProtocol):
+            noisy = False
+
+            def datagramReceived(self, datagram, addr, local=None):
+                received.append((datagram, local))
+
+        skt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        skt.bind(("0.0.0.0", 0))
+        port_number = skt.getsockname()[1]
+        listener = EpollNetwork(reactor).adopt(skt, Recording())
+        skt.close()
+        self.addCleanup(listener.stopListening)
+        self.assertTrue(verifyObject(IRequestPort, listener))
+        self.assertFalse(listener.socket.getblocking())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(b"hello", ("127.0.0.2", port_number))
+        listener.doRead()
+        self.assertEqual(received, [(b"hello", "127.0.0.2")])

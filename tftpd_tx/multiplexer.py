@@ -349,5 +349,8 @@ class EpollNetwork:
         listener.startListening()
         return listener
 
+    def adopt(self, socket, protocol):
+        return PacketInfoPort.adopt(self.reactor, socket, protocol, MAX_DATAGRAM)
+
     def open_transfer(self, protocol, interface: str):
         return self._multiplexer.start_transfer(protocol, interface)

@@ -79,16 +79,42 @@ class PacketInfoPort(udp.Port):
         """
         return self.interface in ("", "::", "0.0.0.0")
 
+    @classmethod
+    def adopt(cls, reactor, skt: socket.socket, protocol, max_packet_size: int):
+        """
+        A port over C{skt}, a datagram socket already bound by someone else
+        (systemd's socket activation, a supervisor that bound it before
+        dropping privileges), started for C{protocol}.  C{skt} is
+        duplicated: the caller may close its own.
+        """
+        port = cls._fromListeningDescriptor(
+            reactor, skt.fileno(), skt.family, protocol, max_packet_size
+        )
+        # Sockets handed down may be blocking (systemd's are) and know
+        # nothing of the destination addresses this port must learn.
+        port._preexistingSocket.setblocking(False)
+        port._ask_destination(port._preexistingSocket)
+        port.startListening()
+        return port
+
     def createInternetSocket(self):
         skt = super().createInternetSocket()
-        if self.addressFamily == socket.AF_INET6:
-            if self.interface in ("::", ""):
-                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            if self._wildcard:
-                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        elif self._wildcard:
-            skt.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        if self.addressFamily == socket.AF_INET6 and self.interface in ("::", ""):
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self._ask_destination(skt)
         return skt
+
+    def _ask_destination(self, skt: socket.socket) -> None:
+        """
+        On a wildcard socket, have the kernel say where each datagram was
+        sent.
+        """
+        if not self._wildcard:
+            return
+        if skt.family == socket.AF_INET6:
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            skt.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
 
     def doRead(self):
         """

@@ -121,6 +121,14 @@ class INetwork(Interface):
         C{(interface, port)} and return the port.
         """
 
+    def adopt(socket, protocol):
+        """
+        Start C{protocol} on a listening L{IRequestPort} over C{socket}, a
+        datagram socket already bound (by systemd's socket activation, or by
+        a supervisor before it dropped privileges), and return the port.
+        The socket is duplicated: the caller may close its own.
+        """
+
     def open_transfer(protocol, interface):
         """
         Start C{protocol} on a new L{ITransferPort} on an ephemeral port of
@@ -209,6 +217,14 @@ class UDPNetwork:
         return IRequestPort(
             self.reactor.listenUDP(
                 port, protocol, interface=interface, maxPacketSize=MAX_DATAGRAM
+            )
+        )
+
+    def adopt(self, socket, protocol):
+        socket.setblocking(False)
+        return IRequestPort(
+            self.reactor.adoptDatagramPort(
+                socket.fileno(), socket.family, protocol, maxPacketSize=MAX_DATAGRAM
             )
         )
 
