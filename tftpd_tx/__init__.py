@@ -34,6 +34,7 @@ from .content import (
 from .filesystem import FileResponseData, FilesystemHandler
 from .handlers import Router, ThreadedHandler
 from .options import Limits
+from .origin import OriginHandler
 from .server import TFTPServer
 from .settings import Settings
 from .service import TFTPService
@@ -49,6 +50,7 @@ __all__ = [
     "FilesystemHandler",
     "Router",
     "ThreadedHandler",
+    "OriginHandler",
     "IResponseData",
     "ResponseData",
     "FileResponseData",

@@ -1,0 +1,356 @@
+"""
+The origin's cache: what an HTTP answer allows a shared cache to do with it
+(RFC 9111, and RFC 5861's C{stale-if-error}), and the store that keeps
+answers in a directory across restarts, the least recently used evicted
+past a byte bound.
+
+The store never shows a partial body as an entry: a body is written to a
+temporary file and renamed into place only once it is complete and as long
+as announced, and its metadata (a small JSON file, renamed into place after
+it) names the body file it describes, so a crash at any moment leaves either
+the old entry or the new one.  Entries are checked against their bodies when
+the store is opened.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping
+
+__all__ = ["Policy", "policy_for", "parse_cache_control", "Entry", "DiskCache"]
+
+#: Request headers that the origin handler sends alike for every client,
+#: so an answer varying on them alone is still the same for everyone.
+SAME_FOR_EVERY_CLIENT = frozenset({"accept-encoding", "user-agent"})
+
+
+def parse_cache_control(value: str) -> dict[str, str | None]:
+    """
+    The directives of a C{Cache-Control} header: names lower-cased, values
+    unquoted (L{None} for a directive without one).
+    """
+    directives: dict[str, str | None] = {}
+    for part in value.split(","):
+        name, sep, argument = part.strip().partition("=")
+        name = name.strip().lower()
+        if name:
+            directives[name] = argument.strip().strip('"') if sep else None
+    return directives
+
+
+def _seconds(value: str | None) -> float | None:
+    """
+    A delta-seconds value, or L{None} when missing or malformed.
+    """
+    try:
+        seconds = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return float(max(seconds, 0))
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """
+    What a shared cache may do with one answer.
+
+    @ivar share: the answer may be served to clients other than the one it
+        was asked for (not C{private}, not C{no-store}, and not varying on
+        a header that differs between clients).
+    @ivar store: it may also be kept once the download ends.
+    @ivar lifetime: seconds it stays fresh, counted from L{Policy.stored}.
+    @ivar stored: when it was produced by the origin (received, less its
+        C{Age}).
+    @ivar stale_if_error: seconds past its lifetime during which it may
+        still be served while the origin fails; L{None} for no such bound.
+    @ivar must_revalidate: it may never be served stale.
+    """
+
+    share: bool
+    store: bool
+    lifetime: float
+    stored: float
+    stale_if_error: float | None
+    must_revalidate: bool
+
+
+def policy_for(headers: Mapping[str, str], now: float) -> Policy:
+    """
+    The L{Policy} of a 200 answer with C{headers} (names lower-cased),
+    received at C{now}.
+
+    Freshness comes from C{s-maxage}, else C{max-age}, else C{Expires}
+    less C{Date}; without any, the answer is fresh for no time at all and
+    is revalidated (with its C{ETag} or C{Last-Modified}) before each use.
+    An answer with neither freshness nor a validator is not stored.
+    """
+    directives = parse_cache_control(headers.get("cache-control", ""))
+    varies = {
+        name.strip().lower()
+        for name in headers.get("vary", "").split(",")
+        if name.strip()
+    }
+    share = (
+        "private" not in directives
+        and "no-store" not in directives
+        and varies <= SAME_FOR_EVERY_CLIENT
+    )
+    no_cache = "no-cache" in directives
+    lifetime = None
+    if not no_cache:
+        for name in ("s-maxage", "max-age"):
+            if name in directives:
+                lifetime = _seconds(directives[name])
+                if lifetime is not None:
+                    break
+        if lifetime is None and "expires" in headers:
+            expires = _http_date(headers["expires"])
+            date = _http_date(headers.get("date")) or now
+            lifetime = max(expires - date, 0.0) if expires is not None else 0.0
+    lifetime = lifetime or 0.0
+    validated = "etag" in headers or "last-modified" in headers
+    stale_if_error = None
+    if "stale-if-error" in directives:
+        stale_if_error = _seconds(directives["stale-if-error"]) or 0.0
+    return Policy(
+        share=share,
+        store=share and (lifetime > 0 or validated),
+        lifetime=lifetime,
+        stored=now - (_seconds(headers.get("age")) or 0.0),
+        stale_if_error=stale_if_error,
+        must_revalidate=no_cache
+        or "must-revalidate" in directives
+        or "proxy-revalidate" in directives,
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """
+    One kept answer: its body file and what is known about it.
+
+    @ivar url: the URL it answers.
+    @ivar body: its body's file name in the store's directory.
+    @ivar size: the body's length in bytes.
+    """
+
+    url: str
+    body: str
+    size: int
+    stored: float
+    lifetime: float
+    stale_if_error: float | None
+    must_revalidate: bool
+    etag: str | None
+    last_modified: str | None
+
+    def fresh(self, now: float) -> bool:
+        """
+        Whether it may be served at C{now} without asking the origin.
+        """
+        return now - self.stored < self.lifetime
+
+    def usable_when_failing(self, now: float) -> bool:
+        """
+        Whether it may be served at C{now} while the origin fails.
+        """
+        if self.must_revalidate:
+            return False
+        if self.stale_if_error is None:
+            return True
+        return now - self.stored < self.lifetime + self.stale_if_error
+
+    def validators(self) -> dict[str, str]:
+        """
+        The conditional request headers that revalidate it.
+        """
+        headers = {}
+        if self.etag is not None:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified is not None:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+def _key(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+class DiskCache:
+    """
+    Kept answers under C{directory}, at most C{max_bytes} of bodies, the
+    least recently used evicted first.  Recency survives restarts: it is
+    each body file's modification time, set whenever the entry is used.
+
+    One server process per directory.  In it: C{<key>.json} (an L{Entry})
+    and the body it names, C{<key>-<token>}; C{tmp/} holds bodies being
+    downloaded and is emptied when the store is opened.
+
+    @ivar total: the bytes of all bodies kept.
+    """
+
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.tmp_dir = os.path.join(directory, "tmp")
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self.total = 0
+        self._load()
+        self._evict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def _load(self) -> None:
+        for name in os.listdir(self.tmp_dir):
+            os.unlink(os.path.join(self.tmp_dir, name))
+        found = []
+        referenced = set()
+        names = set(os.listdir(self.directory))
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(self._path(name)) as f:
+                    entry = Entry(**json.load(f))
+                used = os.stat(self._path(entry.body))
+            except (OSError, ValueError, TypeError):
+                os.unlink(self._path(name))
+                continue
+            if used.st_size != entry.size or name != _key(entry.url) + ".json":
+                os.unlink(self._path(name))
+                continue
+            referenced.add(entry.body)
+            found.append((used.st_mtime, entry))
+        for name in names - referenced:
+            if name != "tmp" and not name.endswith(".json"):
+                os.unlink(self._path(name))
+        for _, entry in sorted(found, key=lambda item: item[0]):
+            self._entries[entry.url] = entry
+            self.total += entry.size
+
+    def get(self, url: str) -> Entry | None:
+        """
+        The entry kept for C{url}, fresh or not, or L{None}.
+        """
+        return self._entries.get(url)
+
+    def open(self, entry: Entry) -> int | None:
+        """
+        Open C{entry}'s body for reading and mark it the most recently used.
+
+        @return: a descriptor, or L{None} if its body is gone (the entry is
+            then dropped).
+        """
+        path = self._path(entry.body)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.remove(entry.url)
+            return None
+        try:
+            os.utime(fd)
+        except OSError:
+            pass
+        if entry.url in self._entries:
+            self._entries.move_to_end(entry.url)
+        return fd
+
+    def temporary(self) -> tuple[int, str]:
+        """
+        A new temporary file for a body being downloaded.
+
+        @return: its descriptor (open for reading and writing) and path, for
+            L{commit} or L{discard}.
+        """
+        return tempfile.mkstemp(dir=self.tmp_dir)
+
+    def discard(self, path: str) -> None:
+        """
+        Forget the temporary body at C{path}; readers that have it open may
+        go on reading it.
+        """
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def commit(self, path: str, entry: Entry) -> Entry | None:
+        """
+        Keep the complete body at C{path} (from L{temporary}) as C{entry},
+        whose C{body} name is chosen here, replacing any entry for its URL.
+
+        @return: the entry kept, or L{None} when the body alone is larger
+            than the bound (it is discarded).
+        """
+        if entry.size > self.max_bytes:
+            self.discard(path)
+            return None
+        entry = replace(entry, body=f"{_key(entry.url)}-{os.urandom(6).hex()}")
+        os.rename(path, self._path(entry.body))
+        old = self._entries.pop(entry.url, None)
+        if old is not None:
+            self.total -= old.size
+        self._write(entry)
+        if old is not None:
+            self._unlink(old.body)
+        self._entries[entry.url] = entry
+        self.total += entry.size
+        self._evict()
+        return entry
+
+    def refresh(self, entry: Entry, **changes) -> Entry:
+        """
+        Record what a revalidation (a 304) taught about C{entry}: a new
+        C{stored} time, lifetime or validators.
+        """
+        entry = replace(entry, **changes)
+        self._write(entry)
+        if entry.url in self._entries:
+            self._entries[entry.url] = entry
+        return entry
+
+    def remove(self, url: str) -> None:
+        """
+        Forget the entry for C{url}, if any.
+        """
+        entry = self._entries.pop(url, None)
+        if entry is not None:
+            self.total -= entry.size
+            self._unlink(_key(url) + ".json")
+            self._unlink(entry.body)
+
+    def _write(self, entry: Entry) -> None:
+        fd, path = tempfile.mkstemp(dir=self.tmp_dir)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(entry), f)
+        os.rename(path, self._path(_key(entry.url) + ".json"))
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(self._path(name))
+        except FileNotFoundError:
+            pass
+
+    def _evict(self) -> None:
+        while self.total > self.max_bytes and self._entries:
+            self.remove(next(iter(self._entries)))
