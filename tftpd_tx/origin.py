@@ -38,6 +38,8 @@ __all__ = [
     "LocalFirst",
     "origin_url",
     "make_agent",
+    "check_base_url",
+    "trust_root",
 ]
 
 #: Upper bounds, in seconds, of the origin latency histogram's buckets.
@@ -164,7 +166,7 @@ def origin_url(base: str, path: str) -> str:
     )
 
 
-def _trust_root(ca_file: str):
+def trust_root(ca_file: str):
     """
     The certificates of C{ca_file} (PEM, one or more) as a trust root.
 
@@ -197,7 +199,7 @@ def make_agent(reactor, *, timeout: float, ca_file: str | None = None):
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
     policy = BrowserLikePolicyForHTTPS(
-        trustRoot=_trust_root(ca_file) if ca_file is not None else None
+        trustRoot=trust_root(ca_file) if ca_file is not None else None
     )
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 8
@@ -645,7 +647,7 @@ class OriginHandler:
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        self.base_url = _check_base(base_url)
+        self.base_url = check_base_url(base_url)
         self.reactor = reactor
         self.cache = cache
         self.timeout = timeout
@@ -739,7 +741,7 @@ class OriginHandler:
         return self._pool.closeCachedConnections()
 
 
-def _check_base(base_url: str) -> str:
+def check_base_url(base_url: str) -> str:
     """
     C{base_url} ending with C{/}.
 

@@ -62,6 +62,43 @@ class Options(usage.Options):
             "Serve with your own handler instead: package.module:factory, "
             "where factory() returns the handler (found on PYTHONPATH).",
         ],
+        [
+            "origin",
+            None,
+            None,
+            "Serve files from this http:// or https:// URL: a TFTP path is "
+            "fetched from URL/path. With --root, the root is tried first.",
+        ],
+        [
+            "origin-timeout",
+            None,
+            30.0,
+            "Seconds to wait for the origin's answer, and at most between two "
+            "reads of its body.",
+            float,
+        ],
+        [
+            "origin-ca",
+            None,
+            None,
+            "PEM file of the authorities that sign the origin's certificate, "
+            "trusted instead of the system's. TLS is always verified.",
+        ],
+        [
+            "cache-dir",
+            None,
+            None,
+            "Directory where files from the origin are kept across restarts. "
+            "Default: none, nothing is kept.",
+        ],
+        [
+            "cache-max-bytes",
+            None,
+            1 << 30,
+            "Most bytes kept in --cache-dir; the least recently used files "
+            "are evicted first.",
+            int,
+        ],
         _parameter(_PORT),
         [
             "interface",
@@ -139,6 +176,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["handler"] is not None:
             self["handler"] = load_handler(self["handler"])
+        elif self["origin"] is not None:
+            self._check_origin()
         else:
             self._check_root()
         interface = self["interface"]
@@ -203,6 +242,51 @@ class Options(usage.Options):
             check_state_dir(self["state-dir"])
         except ValueError as error:
             raise usage.UsageError(f"--state-dir: {error}") from None
+
+    def _check_origin(self) -> None:
+        from .origin import check_base_url, trust_root
+
+        try:
+            check_base_url(self["origin"])
+        except ValueError as error:
+            raise usage.UsageError(
+                f"--origin {error}: give the base URL, e.g. https://boot.example/tftp/"
+            ) from None
+        if not self["origin-timeout"] > 0:
+            raise usage.UsageError(
+                f"--origin-timeout must be more than 0 seconds, not {self['origin-timeout']}"
+            )
+        if self["origin-ca"] is not None:
+            try:
+                trust_root(self["origin-ca"])
+            except (OSError, ValueError) as error:
+                raise usage.UsageError(
+                    f"--origin-ca {self['origin-ca']!r}: {error}; give a PEM file "
+                    "of the origin's certificate authorities"
+                ) from None
+        if self["cache-max-bytes"] <= 0:
+            raise usage.UsageError(
+                f"--cache-max-bytes must be more than 0, not {self['cache-max-bytes']}"
+            )
+        if self["cache-dir"] is not None:
+            try:
+                os.makedirs(self["cache-dir"], exist_ok=True)
+            except OSError as error:
+                raise usage.UsageError(
+                    f"--cache-dir {self['cache-dir']!r} cannot be created "
+                    f"({error.strerror}): create it or choose another directory"
+                ) from None
+            if not os.access(self["cache-dir"], os.R_OK | os.W_OK | os.X_OK):
+                raise usage.UsageError(
+                    f"--cache-dir {self['cache-dir']!r} is not writable by this "
+                    "user: fix its permissions or choose another directory"
+                )
+        # The root comes first when given; the default one only if it exists.
+        if self["root"] != self.defaults["root"] or os.path.isdir(self["root"]):
+            self._check_root()
+            self["origin-root"] = self["root"]
+        else:
+            self["origin-root"] = None
 
     def _check_root(self) -> None:
         root = self["root"]
@@ -283,6 +367,31 @@ def settings_from(options: Options) -> Settings:
     )
 
 
+def _origin_handler(options: Options):
+    """
+    The L{tftpd_tx.origin.OriginHandler} of C{--origin}, behind the root
+    when there is one.
+    """
+    from twisted.internet import reactor
+
+    from .cache import DiskCache
+    from .origin import LocalFirst, OriginHandler
+
+    cache = None
+    if options["cache-dir"] is not None:
+        cache = DiskCache(options["cache-dir"], options["cache-max-bytes"])
+    origin = OriginHandler(
+        options["origin"],
+        reactor,
+        cache=cache,
+        timeout=options["origin-timeout"],
+        ca_file=options["origin-ca"],
+    )
+    if options["origin-root"] is None:
+        return origin
+    return LocalFirst(FilesystemHandler(options["origin-root"]), origin)
+
+
 def makeService(options: Options) -> MultiService:
     """
     The TFTP listener (named C{"tftp"}), in a L{MultiService} with the
@@ -292,7 +401,10 @@ def makeService(options: Options) -> MultiService:
     """
     settings = settings_from(options)
     top = MultiService()
-    handler = options["handler"] or FilesystemHandler(options["root"])
+    handler = options["handler"]
+    if handler is None and options["origin"] is not None:
+        handler = _origin_handler(options)
+    handler = handler or FilesystemHandler(options["root"])
     tftp = TFTPService(
         handler,
         port=options["port"],
