@@ -763,6 +763,29 @@ class LocalFirstTests(SynchronousTestCase):
         later = LocalFirst(Later(), Fallback())
         self.assertEqual(result_of(later.get_response_data(request("x"))), "origin")
 
+    def test_a_root_directory_first(self):
+        """
+        A file missing from a L{FilesystemHandler}'s root goes to the
+        fallback; one that is there is served from the root.
+        """
+        from tftpd_tx.filesystem import FilesystemHandler
+
+        root = tempfile.mkdtemp()
+        self.addCleanup(_rmtree, root)
+        with open(os.path.join(root, "here"), "wb") as f:
+            f.write(b"local")
+
+        class Fallback:
+            def get_response_data(self, request):
+                return "origin"
+
+        handler = LocalFirst(FilesystemHandler(root), Fallback())
+        local = handler.get_response_data(request("here"))
+        self.assertEqual(local.read(10), b"local")
+        local.close()
+        self.assertEqual(handler.get_response_data(request("there/x")), "origin")
+        self.assertRaises(AccessViolation, handler.get_response_data, request("../x"))
+
     def test_other_refusals_stand(self):
         class Local:
             def get_response_data(self, request):

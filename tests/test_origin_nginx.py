@@ -10,12 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from clients import (
+    REPO_ROOT,
+    TWISTD,
     assert_fetched,
+    free_udp_port,
+    twistd_environment,
     busybox,
     curl,
     atftp,
@@ -29,7 +36,7 @@ from clients import (
     run,
     tftp_hpa,
 )
-from origins import Nginx, make_ca
+from origins import Nginx, make_ca, stop_process
 from tftpd_tx.cache import DiskCache
 from tftpd_tx.origin import OriginHandler
 from tftpd_tx.service import TFTPService
@@ -297,3 +304,59 @@ class TLSTests(OriginTestCase):
         transfer = await read_raw(("127.0.0.1", port), rrq("secure.bin"))
         self.assertEqual(transfer.error, (0, "Origin unavailable"))
         self.assertEqual(nginx.gets("/base/secure.bin"), [])
+
+
+class TwistdTests(OriginTestCase):
+    """
+    C{twistd tftp --origin} and C{twistd -ny tac/origin.tac}, as
+    subprocesses, serve the origin's files behind the root.
+    """
+
+    async def serve_with_twistd(self, arguments, env=None):
+        port = free_udp_port()
+        environment = twistd_environment()
+        environment.update(env or {}, TFTP_PORT=str(port))
+        process = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", *arguments(port)],
+            cwd=self.directory,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(stop_process, process)
+        for _ in range(100):
+            fetched = await self.curl_fetch(port, "local.txt")
+            if fetched.result.code == 0:
+                return port
+            await deferLater(reactor, 0.1, lambda: None)
+        self.fail(f"twistd {arguments(port)} did not start serving")
+
+    def files(self):
+        root = os.path.join(self.directory, "root")
+        os.makedirs(root)
+        with open(os.path.join(root, "local.txt"), "wb") as f:
+            f.write(b"from the root\n")
+        return root, random_file(self.base, "remote.bin", 200_000)
+
+    async def test_command_line(self):
+        root, content = self.files()
+        nginx = self.nginx()
+        cache_dir = os.path.join(self.directory, "cache")
+        port = await self.serve_with_twistd(
+            lambda port: [
+                "tftp", "--port", str(port), "--interface", "127.0.0.1", "--root", root,
+                "--origin", nginx.url + "base/", "--cache-dir", cache_dir,
+            ]
+        )
+        assert_fetched(self, await self.curl_fetch(port, "remote.bin"), content, "origin")
+        self.assertEqual(nginx.gets("/base/local.txt"), [])
+        self.assertEqual(len([n for n in os.listdir(cache_dir) if n.endswith(".json")]), 1)
+
+    async def test_tac(self):
+        root, content = self.files()
+        nginx = self.nginx()
+        port = await self.serve_with_twistd(
+            lambda port: ["-y", os.path.join(REPO_ROOT, "tac", "origin.tac")],
+            {"ORIGIN_URL": nginx.url + "base/", "TFTP_ROOT": root},
+        )
+        assert_fetched(self, await self.curl_fetch(port, "remote.bin"), content, "origin")

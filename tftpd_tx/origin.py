@@ -27,7 +27,14 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from .cache import DiskCache, Entry, policy_for
-from .content import AccessViolation, FileNotFound, IHandler, Request, TFTPError
+from .content import (
+    AccessViolation,
+    FileNotFound,
+    IHandler,
+    Request,
+    TFTPError,
+    error_for,
+)
 from .spool import DEFAULT_AHEAD, Spool, SpoolReader
 from .wire import ErrorCode
 
@@ -767,10 +774,12 @@ def check_base_url(base_url: str) -> str:
 @implementer(IHandler)
 class LocalFirst:
     """
-    Serve what a local handler has, and ask another for the rest: a
-    C{FileNotFound} from C{local} (synchronous or in a Deferred) sends the
-    request to C{fallback}.  C{twistd tftp --root DIR --origin URL} is
-    C{LocalFirst(FilesystemHandler(DIR), OriginHandler(URL))}.
+    Serve what a local handler has, and ask another for the rest: whatever
+    C{local} raises (synchronously or in a Deferred) that means "File not
+    found" to a client (L{FileNotFound}, or the C{ENOENT} of a
+    L{tftpd_tx.filesystem.FilesystemHandler}) sends the request to
+    C{fallback}; its other refusals stand.  C{twistd tftp --root DIR
+    --origin URL} is C{LocalFirst(FilesystemHandler(DIR), OriginHandler(URL))}.
     """
 
     def __init__(self, local, fallback) -> None:
@@ -780,15 +789,23 @@ class LocalFirst:
     def get_response_data(self, request: Request):
         try:
             result = self.local.get_response_data(request)
-        except FileNotFound:
+        except Exception as error:
+            if not _not_found(error):
+                raise
             return self.fallback.get_response_data(request)
         if not isinstance(result, Deferred) and inspect.isawaitable(result):
             result = ensureDeferred(result)
         if isinstance(result, Deferred):
 
             def missing(failure):
-                failure.trap(FileNotFound)
+                if not _not_found(failure.value):
+                    return failure
                 return self.fallback.get_response_data(request)
 
             result.addErrback(missing)
         return result
+
+
+def _not_found(error: BaseException) -> bool:
+    code, _, expected = error_for(error)
+    return expected and code == ErrorCode.FILE_NOT_FOUND
