@@ -516,6 +516,35 @@ class CacheBehaviourTests(SynchronousTestCase):
         h.ask().close()
         self.assertEqual(len(h.agent.requests), 2)
 
+    def test_a_bare_304_keeps_the_lifetime(self):
+        """
+        A 304 without Cache-Control or Expires (nginx's, unless told) keeps
+        the entry's freshness rules and restarts its lifetime.
+        """
+        h = Harness(self, cache_bytes=10**6)
+        self.fill(h, {"Cache-Control": "max-age=10", "ETag": '"v1"'})
+        h.clock.advance(11)
+        d = h.ask()
+        h.agent.requests[1].respond(304, headers={"ETag": '"v1"'})
+        read_all(result_of(d))
+        h.clock.advance(9)
+        h.ask().close()
+        self.assertEqual(len(h.agent.requests), 2)
+
+    def test_abandoned_before_the_body_arrives(self):
+        """
+        A response closed as soon as it is handed over (the server is
+        stopping) stops the download before its body is delivered.
+        """
+        from origins import FakeResponse
+
+        h = Harness(self)
+        h.ask().addCallback(lambda response: response.close())
+        body = FakeResponse(200, length=10)
+        h.agent.requests[0].answer.callback(body)
+        self.assertTrue(body.transport.stopped)
+        self.assertEqual(h.handler.flights, {})
+
     def test_changed_entries_are_replaced(self):
         """
         A 200 to a revalidation replaces the entry with the new body.

@@ -252,7 +252,12 @@ class _Timed(Protocol):
         self._timer = None
         self.timed_out = False
 
+    stopped = False
+
     def connectionMade(self) -> None:
+        if self.stopped:
+            self.transport.stopProducing()
+            return
         self._arm()
 
     def _arm(self) -> None:
@@ -274,10 +279,12 @@ class _Timed(Protocol):
 
     def stop(self) -> None:
         """
-        Abandon the body.
+        Abandon the body, even one not delivered yet.
         """
+        self.stopped = True
         self._disarm()
-        self.transport.stopProducing()
+        if self.transport is not None:
+            self.transport.stopProducing()
 
 
 class _Discard(_Timed):
@@ -355,6 +362,7 @@ class _Flight:
         self._waiters: list[tuple[Request, Deferred]] = []
         self._body: _Body | None = None
         self._policy = None
+        self._headers: dict[str, str] = {}
         self._temporary: str | None = None
         self._timer = None
         self._timed_out = False
@@ -495,20 +503,21 @@ class _Flight:
         handler = self.handler
         self._done()
         stale = self.stale
-        # RFC 9111 4.3.4: the 304's headers replace the stored ones.
-        policy = policy_for(
-            {"etag": stale.etag or "", "last-modified": stale.last_modified or ""}
-            | headers,
-            now,
-        )
+        # RFC 9111 4.3.4: the 304's headers replace the stored ones; what
+        # it does not say about freshness stays as it was.
+        policy = policy_for(headers, now)
+        changes = {"stored": policy.stored}
+        if "cache-control" in headers or "expires" in headers:
+            changes.update(
+                lifetime=policy.lifetime,
+                stale_if_error=policy.stale_if_error,
+                must_revalidate=policy.must_revalidate,
+            )
         entry = handler.cache.refresh(
             stale,
-            stored=policy.stored,
-            lifetime=policy.lifetime,
-            stale_if_error=policy.stale_if_error,
-            must_revalidate=policy.must_revalidate,
             etag=headers.get("etag", stale.etag),
             last_modified=headers.get("last-modified", stale.last_modified),
+            **changes,
         )
         for request, waiting in self._take_waiters():
             response = handler.open_entry(entry)
