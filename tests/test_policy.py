@@ -71,7 +71,9 @@ class SessionCapTests(_Setup, SynchronousTestCase):
         """
         self.make(max_sessions=2, max_sessions_per_client=2)
         self.request(rrq("boot.img"), CLIENT)
+        self.reactor.ports[1].deliver(ack(1), CLIENT)
         self.request(rrq("boot.img"), (OTHER[0], 2000))
+        self.reactor.ports[2].deliver(ack(1), (OTHER[0], 2000))
         self.request(rrq("small.cfg"), (OTHER[0], 2001))
         self.assertEqual(self.transfers(), 2)
         self.assertEqual(self.listener.sent, [])
@@ -88,9 +90,46 @@ class SessionCapTests(_Setup, SynchronousTestCase):
         self.make(max_sessions=100, max_sessions_per_client=2)
         for port in range(5000, 5005):
             self.request(rrq("boot.img"), (CLIENT[0], port))
+            self.reactor.ports[-1].deliver(ack(1), (CLIENT[0], port))
         self.request(rrq("boot.img"), OTHER)
         self.assertEqual(self.transfers(), 3)
         self.assertEqual(self.counter("requests.over_client_sessions"), 3)
+
+    def test_unproven_evicted_first(self):
+        """
+        Transfers whose clients never answered (forged requests, say) do
+        not lock others out: at the cap, the oldest of them is given up,
+        in silence, for each new request; a transfer whose client answered
+        is never given up for it.
+        """
+        self.make(max_sessions=3, max_sessions_per_client=3)
+        self.request(rrq("boot.img"), OTHER)
+        self.reactor.ports[1].deliver(ack(1), OTHER)
+        forged = [(f"192.0.2.{n}", 4000) for n in range(1, 4)]
+        for peer in forged:
+            self.request(rrq("boot.img"), peer)
+        self.request(rrq("small.cfg"), CLIENT)
+        outcomes = [stats.outcome for stats in self.finished]
+        self.assertEqual(outcomes, [Outcome.EVICTED, Outcome.EVICTED])
+        self.assertEqual([stats.peer for stats in self.finished], forged[:2])
+        self.assertEqual(self.counter("sessions.evicted"), 2)
+        self.assertTrue(self.reactor.ports[1].listening)
+        self.assertTrue(self.reactor.ports[-1].listening)
+        # Nothing was sent to the forged addresses but the first reply.
+        for port in self.reactor.ports[2:4]:
+            self.assertEqual(len(port.sent), 1)
+
+    def test_unproven_of_the_client_evicted(self):
+        """
+        At the per-client cap, the client's own oldest unanswered transfer
+        makes room: requests forged with a victim's address cannot lock the
+        victim out.
+        """
+        self.make(max_sessions=100, max_sessions_per_client=2)
+        for port in (5000, 5001):
+            self.request(rrq("boot.img"), (CLIENT[0], port))
+        self.request(rrq("small.cfg"), (CLIENT[0], 5002))
+        self.assertEqual([s.peer for s in self.finished], [(CLIENT[0], 5000)])
 
     def test_derived_caps(self):
         """

@@ -13,7 +13,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tftpd_tx import wire
 from tftpd_tx.content import BytesResponseData, FileNotFound
 from tftpd_tx.options import Negotiated
-from tftpd_tx.session import READ_AHEAD, READ_AHEAD_INTERVAL, ReadSession, backoff_schedule
+from tftpd_tx.session import (
+    GAP_WAIT,
+    READ_AHEAD,
+    READ_AHEAD_INTERVAL,
+    ReadSession,
+    backoff_schedule,
+)
 from tftpd_tx.stats import Outcome, SessionStats
 from tftpd_tx.testing import FakeUDPReactor
 
@@ -238,10 +244,12 @@ class RetransmitTests(SessionMixin, SynchronousTestCase):
         """
         With a hold time, the waits add up to it at most: a negotiated
         timeout of 255 s (a fixed interval, factor 1) holds a transfer for
-        the hold time, not for hours.
+        the hold time (sending its block once more half-way), not for
+        hours.
         """
         self.assertEqual(backoff_schedule(1, 5, hold=10), (1, 2, 4, 3))
-        self.assertEqual(backoff_schedule(255, 5, factor=1, hold=120), (120,))
+        self.assertEqual(backoff_schedule(255, 5, factor=1, hold=120), (60, 60))
+        self.assertEqual(backoff_schedule(255, 0, factor=1, hold=120), (120,))
         self.assertEqual(backoff_schedule(3, 2, factor=1, hold=120), (3, 3, 3))
 
     def test_no_retries(self):
@@ -429,15 +437,62 @@ class WindowTests(SessionMixin, SynchronousTestCase):
 
     def test_ack_inside_window_resumes_after_it(self):
         """
-        An ACK for an earlier block of the window means the rest was lost:
-        the next window starts right after the acknowledged block.
+        An ACK for an earlier block of the window, with no other ACK in the
+        gap wait after it, means the rest was lost: a whole window goes
+        again from right after the acknowledged block: the blocks sent
+        before count as retransmissions, the new ones as blocks sent.
         """
         content = b"".join(bytes([n]) * 10 for n in range(1, 20))
         port = self.start(content, Negotiated(blksize=10, windowsize=4))
         port.take()
         port.deliver(ack(2), PEER)
+        self.assertEqual(port.take(), [])
+        self.reactor.advance(GAP_WAIT)
         self.assertEqual(
             port.take(), [data(n, bytes([n]) * 10) for n in (3, 4, 5, 6)]
+        )
+        self.assertEqual(self.session.stats.retransmits, 2)
+        self.assertEqual(self.session.stats.blocks_sent, 6)
+
+    def test_client_acking_every_block(self):
+        """
+        A client that acknowledges every block of a window is told from a
+        gap by its next ACK: the window slides and new blocks top it up, so
+        the file goes about once.
+        """
+        content = bytes(range(256)) * 40
+        port = self.start(content, Negotiated(blksize=16, windowsize=8))
+        received = {}
+        for _ in range(2000):
+            sent = port.take()
+            if not sent:
+                self.reactor.advance(0.001)
+                if self.session.ended:
+                    break
+                continue
+            for packet in sent:
+                block = struct.unpack("!H", packet[2:4])[0]
+                received.setdefault(block, packet[4:])
+                port.deliver(ack(block), PEER)
+        self.assertEqual(b"".join(received[n] for n in sorted(received)), content)
+        blocks = len(content) // 16 + 1
+        self.assertLessEqual(self.session.stats.packets_sent, 1.1 * blocks)
+        self.assertEqual(self.session.stats.outcome, Outcome.COMPLETED)
+
+    def test_client_acking_every_block_recovers_a_loss(self):
+        """
+        Once a client acknowledges every block, a repeated ACK says it
+        missed the next block: the window goes again from there.
+        """
+        content = bytes(range(256)) * 4
+        port = self.start(content, Negotiated(blksize=16, windowsize=4))
+        port.take()
+        port.deliver(ack(1), PEER)
+        port.deliver(ack(2), PEER)
+        port.take()
+        port.deliver(ack(2), PEER)
+        self.assertEqual(
+            [struct.unpack("!H", p[2:4])[0] for p in port.take()], [3, 4, 5, 6]
         )
 
     def test_timeout_resends_whole_window(self):

@@ -44,7 +44,7 @@ REQUEST_RESULTS = {
     "low_port": ("datagrams.low_port",),
 }
 
-_OUTCOMES = ("completed", "probe", "peer-error", "timeout", "refused", "aborted")
+_OUTCOMES = ("completed", "probe", "peer-error", "timeout", "refused", "aborted", "evicted")
 
 
 def _histogram(name: str, documentation: str, histogram) -> HistogramMetricFamily:

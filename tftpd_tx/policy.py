@@ -20,6 +20,7 @@ __all__ = [
     "DESCRIPTOR_RESERVE",
     "ClientRates",
     "SessionCounts",
+    "UnprovenSessions",
     "raise_descriptor_limit",
     "session_cap",
 ]
@@ -122,3 +123,51 @@ class ClientRates:
             return False
         bucket[0] -= 1.0
         return True
+
+
+class UnprovenSessions:
+    """
+    The transfers whose peer has not yet acknowledged anything, oldest
+    first, in all and per client address: the ones to give up first when a
+    cap is reached.
+
+    A flood of requests with forged source addresses makes transfers that
+    nobody will ever acknowledge; without this, they would hold every place
+    under the caps until they time out, and no real client would get in.
+    Evicting the oldest unproven one for each new request keeps room for
+    the clients that answer (they prove their address within a round trip).
+    Entries are dropped lazily: a transfer that has since been proven, or
+    has ended, is skipped and forgotten when met.
+    """
+
+    def __init__(self) -> None:
+        self._all: collections.OrderedDict[int, object] = collections.OrderedDict()
+        self._by_host: dict[str, collections.OrderedDict[int, object]] = {}
+
+    def add(self, session) -> None:
+        key = id(session)
+        self._all[key] = session
+        self._by_host.setdefault(session.peer[0], collections.OrderedDict())[key] = session
+
+    def _forget(self, session) -> None:
+        key = id(session)
+        self._all.pop(key, None)
+        sessions = self._by_host.get(session.peer[0])
+        if sessions is not None:
+            sessions.pop(key, None)
+            if not sessions:
+                del self._by_host[session.peer[0]]
+
+    def oldest(self, host: str | None = None):
+        """
+        The oldest transfer still unproven (of C{host}, if given), taken
+        out of the table; L{None} if there is none.
+        """
+        while True:
+            table = self._all if host is None else self._by_host.get(host)
+            if not table:
+                return None
+            session = next(iter(table.values()))
+            self._forget(session)
+            if not session.ended and not session.proven:
+                return session

@@ -27,9 +27,10 @@ from .logbudget import LogBudget, OccasionalLine, path_for_log
 from .netascii import NetasciiResponseData
 from .options import negotiate
 from .flaps import FlapTable
-from .policy import ClientRates, SessionCounts, session_cap
+from .policy import ClientRates, SessionCounts, UnprovenSessions, session_cap
 from .session import ReadSession, backoff_schedule
 from .requestport import plain_address
+from .rtt import RoundTrip, RoundTripMemory
 from .settings import Settings
 from .stats import Outcome, ServerStats, SessionStats
 from .transport import IRequestPort, UDPNetwork
@@ -56,6 +57,7 @@ _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 _GONE = object()
+_NO_DESCRIPTORS = "Out of file descriptors"
 
 
 def _out_of_descriptors(error: BaseException) -> bool:
@@ -81,6 +83,7 @@ class TFTPServer(DatagramProtocol):
     @ivar sessions: the live transfers, by session id.
     @ivar draining: while L{True}, new requests are ignored (so that clients
         retry elsewhere) and running transfers go on; see L{drain}.
+    @ivar round_trips: the L{RoundTripMemory} new transfers start from.
     @ivar flaps: the L{FlapTable} of abandoned transfers and strays by
         client prefix (the sign of a client whose anycast path moves).
     @ivar descriptor_limit: the process's limit on open descriptors, from
@@ -120,6 +123,8 @@ class TFTPServer(DatagramProtocol):
         self._busy_peers: dict[tuple[str, int], ReadSession | None] = {}
         self._in_progress = SessionCounts()
         self._rates = ClientRates()
+        self._unproven = UnprovenSessions()
+        self.round_trips = RoundTripMemory()
         self.flaps = FlapTable(
             reactor,
             lengths=lambda: (self.settings.flap_ipv4_prefix, self.settings.flap_ipv6_prefix),
@@ -321,9 +326,9 @@ class TFTPServer(DatagramProtocol):
         requests, when C{client_rate} is set).
         """
         total, per_client = self.session_caps()
-        if self._in_progress.total >= total:
+        if self._in_progress.total >= total and not self._make_room(None):
             return "sessions"
-        if self._in_progress.of(host) >= per_client:
+        if self._in_progress.of(host) >= per_client and not self._make_room(host):
             return "client_sessions"
         settings = self.settings
         if settings.client_rate and not self._rates.allow(
@@ -331,6 +336,19 @@ class TFTPServer(DatagramProtocol):
         ):
             return "client_rate"
         return None
+
+    def _make_room(self, host: str | None) -> bool:
+        """
+        Give up the oldest transfer (of C{host}, if given) whose client has
+        not acknowledged anything yet, so that a new request fits under the
+        cap; whether there was one.
+        """
+        session = self._unproven.oldest(host)
+        if session is None:
+            return False
+        self.stats.increment("sessions.evicted")
+        session.evict("evicted: its client never answered, and a cap was reached")
+        return True
 
     def _release(self, peer) -> None:
         """
@@ -444,6 +462,7 @@ class TFTPServer(DatagramProtocol):
             response=response,
             negotiated=negotiated,
             schedule=self.schedule_for(negotiated.timeout),
+            round_trip=self.round_trip_for(request.peer, negotiated.timeout),
             rollover=settings.rollover,
             stats=stats,
             on_end=self._session_ended,
@@ -451,13 +470,14 @@ class TFTPServer(DatagramProtocol):
         )
         self.sessions[stats.session_id] = session
         self._busy_peers[request.peer] = session
+        self._unproven.add(session)
         self.stats.session_started()
         try:
             self.network.open_transfer(session, request.local[0])
         except Exception as error:
             reason = getattr(error, "socketError", error)
             if _out_of_descriptors(reason):
-                session.not_started("Out of file descriptors")
+                session.not_started(_NO_DESCRIPTORS)
                 self._out_of_descriptors(request)
                 return
             held = self._descriptors_line.allow()
@@ -516,6 +536,25 @@ class TFTPServer(DatagramProtocol):
         self.flaps.stray(addr[0])
         return addr[1] >= LOWEST_CLIENT_PORT or self.settings.allow_low_ports
 
+    def round_trip_for(self, peer, negotiated_timeout: int | None) -> RoundTrip | None:
+        """
+        The round-trip estimate a new transfer to C{peer} times its
+        retransmissions by (RFC 6298), or L{None} when the client negotiated
+        its timeout, which is then used as given (RFC 2349).  It starts from
+        the last round trip seen from the client's prefix, else from the
+        C{timeout} setting; its RTO stays between C{rto_floor} and eight
+        times C{timeout}.
+        """
+        if negotiated_timeout is not None:
+            return None
+        settings = self.settings
+        return RoundTrip(
+            settings.timeout,
+            floor=min(settings.rto_floor, settings.timeout),
+            ceiling=settings.timeout * 8,
+            seed=self.round_trips.recall(peer[0]),
+        )
+
     def _close_quietly(self, response) -> None:
         try:
             response.close()
@@ -528,6 +567,8 @@ class TFTPServer(DatagramProtocol):
         if self._busy_peers.get(session.peer) is session:
             self._release(session.peer)
         self.stats.session_ended(stats)
+        if stats.srtt is not None:
+            self.round_trips.remember(stats.peer[0], stats.srtt)
         if stats.outcome == Outcome.TIMEOUT and stats.packets_acked:
             self.flaps.abandoned(stats.peer[0])
         self._log_transfer(stats)
@@ -538,6 +579,9 @@ class TFTPServer(DatagramProtocol):
                 self._log.failure("Session callback failed")
 
     def _log_transfer(self, stats: SessionStats) -> None:
+        if stats.error_message == _NO_DESCRIPTORS:
+            # Said once in a while by _out_of_descriptors, not per request.
+            return
         if not self._log_budget.allow(stats.outcome, self.settings.log_rate):
             return
         level = self._log.debug if stats.outcome == Outcome.PROBE else self._log.info

@@ -27,6 +27,7 @@ from . import wire
 from .content import error_for
 from .options import Negotiated
 from .stats import Outcome, SessionStats
+from .rtt import RoundTrip
 from .transport import ITransferPort
 
 __all__ = ["backoff_schedule", "ReadSession", "UNPROVEN_SENDS"]
@@ -44,6 +45,10 @@ READ_AHEAD = 16 * 1024
 #: and holds no more memory than that while it waits for its client.
 READ_AHEAD_INTERVAL = 0.01
 
+
+#: The least time a partial ACK of a window waits for the next ACK before
+#: it counts as a gap (see L{ReadSession._partial}).
+GAP_WAIT = 0.002
 
 #: Datagrams a transfer sends its peer before the peer has proven that it
 #: is at its address (by acknowledging anything): the first reply and one
@@ -72,8 +77,9 @@ def backoff_schedule(
     @param initial: the first wait, in seconds.
     @param retries: how many times to retransmit before giving up.
     @param hold: the most seconds the waits may add up to: the schedule is
-        cut there (the last wait shortened), so that no client, whatever
-        it negotiated, holds a transfer longer without progress.
+        cut there (the last wait shortened; one wait as long as the hold
+        becomes two of half), so that no client, whatever it negotiated,
+        holds a transfer longer without progress.
     """
     waits = [initial * min(factor**attempt, ceiling) for attempt in range(retries + 1)]
     if hold is not None:
@@ -84,6 +90,10 @@ def backoff_schedule(
                 break
             kept.append(wait)
             total += wait
+        if len(kept) == 1 and retries:
+            # A first wait as long as the hold would mean no retransmission
+            # at all: halve it, so that a lost block is sent once more.
+            kept = [hold / 2, hold / 2]
         waits = kept
     return tuple(waits)
 
@@ -111,6 +121,11 @@ class ReadSession(DatagramProtocol):
         its port, its timer and its response.
     @param on_stray: called with the address of every datagram from anyone
         but the peer; it returns whether to answer it with ERROR 5.
+    @param round_trip: a L{RoundTrip} to time retransmissions by, once the
+        peer has proven its address; then the waits are its RTO, doubled on
+        each expiry, and the transfer gives up when it has gone without
+        progress for as long as C{schedule} adds up to.  L{None}: the waits
+        of C{schedule} as they are (a timeout the client negotiated).
 
     A transfer whose client acknowledges quickly (see
     L{READ_AHEAD_INTERVAL}) reads up to L{READ_AHEAD} bytes at once and
@@ -135,9 +150,11 @@ class ReadSession(DatagramProtocol):
         stats: SessionStats,
         on_end: Callable[[ReadSession], object] = lambda session: None,
         on_stray: Callable[[tuple[str, int]], bool] = lambda addr: True,
+        round_trip: RoundTrip | None = None,
     ) -> None:
         self.peer = peer
         self._on_stray = on_stray
+        self._rtt = round_trip
         self.stats = stats
         self._clock = clock
         self._response = response
@@ -148,6 +165,7 @@ class ReadSession(DatagramProtocol):
         self._last_progress = 0.0
         self._schedule = tuple(schedule)
         self._unproven_sends = min(UNPROVEN_SENDS, len(self._schedule))
+        self._patience = sum(self._schedule)
         self._on_end = on_end
         self._rollover = rollover
         self._modulus = 0x10000 if rollover == 0 else 0xFFFF
@@ -167,6 +185,19 @@ class ReadSession(DatagramProtocol):
         self._write = None
         self._attempt = 0
         self._proven = False
+        # The highest block ever sent: a block at or below it goes again.
+        self._high = 0
+        # When the oldest block in flight was first sent, and whether any of
+        # the flight has gone more than once (Karn's rule: then its ACK says
+        # nothing about the round trip).
+        self._flight_at = 0.0
+        self._flight_clean = True
+        # Whether the client acknowledges every block of a window, not just
+        # the last one and its gaps (see _partial), and when the window last
+        # went again for a gap.
+        self._per_block = False
+        self._gap_pending = False
+        self._resent_at = float("-inf")
         # One DelayedCall, moved as rarely as possible: progress only moves
         # _deadline, and the timer, when it fires early, sleeps the rest.
         self._timer = None
@@ -180,6 +211,14 @@ class ReadSession(DatagramProtocol):
         The transfer's number on its server (from its L{SessionStats}).
         """
         return self.stats.session_id
+
+    @property
+    def proven(self) -> bool:
+        """
+        Whether the peer has acknowledged anything: it is at its address,
+        not a forged one.
+        """
+        return self._proven
 
     @property
     def blocks_acknowledged(self) -> int:
@@ -239,9 +278,10 @@ class ReadSession(DatagramProtocol):
     def _ack(self, number: int) -> None:
         """
         Act on an ACK: progress if it acknowledges something new, nothing at
-        all otherwise.  Answering a duplicate ACK with DATA would double the
-        traffic for the rest of the transfer (the Sorcerer's Apprentice bug,
-        RFC 1123 4.2.3.1); only the timer retransmits.
+        all otherwise (but see L{_duplicate} for windows).  Answering a
+        duplicate ACK with DATA in lock-step would double the traffic for
+        the rest of the transfer (the Sorcerer's Apprentice bug, RFC 1123
+        4.2.3.1); only the timer retransmits.
         """
         if self.ended:
             return
@@ -252,28 +292,114 @@ class ReadSession(DatagramProtocol):
                 return
             self._oack = None
             progress = 0
+            remaining = 0
         else:
             # A wire number is congruent to its block count modulo the wrap.
             progress = (number - self._acked) % self._modulus
             if not 0 < progress <= self._sent:
+                if progress == 0 and self._sent and self._window > 1:
+                    self._duplicate()
                 return
+            remaining = self._sent - progress
         stats = self.stats
         stats.packets_acked += 1
         stats.last_ack_time = now = self._clock.seconds()
         fast = now - self._last_progress < READ_AHEAD_INTERVAL
         self._last_progress = now
+        if self._flight_clean and self._rtt is not None and not remaining:
+            self._rtt.sample(now - self._flight_at)
+            stats.srtt = self._rtt.srtt
         self._acked += progress
         packets = self._packets
         del packets[:progress]
         if self._eof and not packets:
             self._end(Outcome.COMPLETED)
             return
-        # RFC 7440: after an ACK for any block, the next window starts right
-        # after it, including blocks of the old window that were lost.
-        self._sent = 0
         self._attempt = 0
+        if remaining:
+            self._partial(remaining, now, fast)
+            return
+        # The whole flight arrived: the next window starts after it.
+        self._gap_pending = False
+        self._sent = 0
+        self._flight_clean = True
         self._advance(fast)
         self._arm(0, now)
+
+    def _partial(self, remaining: int, now: float, fast: bool) -> None:
+        """
+        An ACK inside the window: C{remaining} blocks sent after it are not
+        acknowledged yet.
+
+        RFC 7440 clients acknowledge the last block of a window, and the
+        last in-order block when they see a gap: then the rest of the
+        window is lost and must go again, a whole window of it (a receiver
+        acknowledges only a full window).  Other clients acknowledge every
+        block; resending the rest of the window on each of their ACKs sends
+        the file dozens of times over.  Tell them apart by what follows: the
+        first partial ACK only slides the window and waits a moment (a few
+        milliseconds, see L{_gap_wait}); an ACK of the next block in that
+        moment shows a client that acknowledges every block, whose window
+        slides from then on, new blocks topping it up; silence is a gap, and
+        the timer resends the window from the first block not acknowledged.
+        """
+        self._sent = remaining
+        if self._per_block:
+            self._advance(fast)
+            self._arm(0, now)
+            return
+        if self._gap_pending:
+            # A second partial ACK before the gap wait ran out.
+            self._per_block = True
+            self._gap_pending = False
+            self._advance(fast)
+            self._arm(0, now)
+            return
+        self._gap_pending = True
+        self._deadline = now + self._gap_wait()
+        if self._timer is not None and self._timer_at > self._deadline:
+            self._timer.reset(self._deadline - now)
+            self._timer_at = self._deadline
+        elif self._timer is None:
+            self._timer = self._clock.callLater(self._deadline - now, self._tick)
+            self._timer_at = self._deadline
+
+    def _gap_wait(self) -> float:
+        """
+        How long a partial ACK waits for the next one before it counts as a
+        gap: long enough for a client that acknowledges every block to
+        acknowledge the next, short beside a round trip's timeout.
+        """
+        srtt = self._rtt.srtt if self._rtt is not None else None
+        wait = max(GAP_WAIT, (srtt or 0.0) / 4)
+        return min(wait, self._wait(0))
+
+    def _duplicate(self) -> None:
+        """
+        A repeated ACK of the last block acknowledged while a window is in
+        flight: a client that acknowledges every block says it missed the
+        next one.  Send the window again from there, once a round trip at
+        most (the ACKs of the blocks after the gap repeat it too).
+        """
+        if not self._per_block:
+            return
+        now = self._clock.seconds()
+        if now - self._resent_at < self._wait(0) / 2:
+            return
+        self._resend_window(now)
+        self._arm(0, now)
+
+    def _resend_window(self, now: float) -> None:
+        """
+        Send a whole window again from the first block not acknowledged
+        (RFC 7440: never fewer blocks than the window, or the receiver waits
+        for the rest until its own timeout).
+        """
+        self._resent_at = now
+        self._gap_pending = False
+        self._flight_clean = False
+        self._sent = 0
+        self._advance()
 
     def _advance(self, fast: bool = False) -> None:
         """
@@ -334,7 +460,9 @@ class ReadSession(DatagramProtocol):
 
     def _send_unsent(self) -> None:
         """
-        Send the blocks of the window that are not on the wire yet.
+        Send the blocks of the window that are not on the wire yet.  A
+        block sent before counts as a retransmission; the others in
+        C{blocks_sent} and C{bytes_sent}.
         """
         packets = self._packets
         sent = self._sent
@@ -344,19 +472,32 @@ class ReadSession(DatagramProtocol):
         if sent == window:
             return
         stats = self.stats
-        if stats.first_data_time is None:
-            stats.first_data_time = self._clock.seconds()
+        if not sent:
+            self._flight_at = self._clock.seconds()
+            if stats.first_data_time is None:
+                stats.first_data_time = self._flight_at
         # Lock-step, the most common case by far, takes no slice.
         unsent = (packets[sent],) if window - sent == 1 else packets[sent:window]
         written = self._send(unsent)
         if written:
-            stats.blocks_sent += written
-            # Every block but the last of a transfer is full, and a packet
-            # the kernel refused (a full buffer) is the one not sent.
-            if written == 1:
-                stats.bytes_sent += len(unsent[0]) - 4
-            else:
-                stats.bytes_sent += sum(map(len, unsent[:written])) - 4 * written
+            first = self._acked + sent + 1
+            last = first + written - 1
+            fresh = last - self._high if last > self._high else 0
+            if fresh > written:
+                fresh = written
+            if fresh < written:
+                stats.retransmits += written - fresh
+            if fresh:
+                self._high = last
+                stats.blocks_sent += fresh
+                # Every block but the last of a transfer is full, and a
+                # packet the kernel refused (a full buffer) is not sent.
+                if written == 1:
+                    stats.bytes_sent += len(unsent[0]) - 4
+                else:
+                    stats.bytes_sent += (
+                        sum(map(len, unsent[written - fresh : written])) - 4 * fresh
+                    )
         self._sent = window
 
     def _send(self, packets) -> int:
@@ -367,14 +508,18 @@ class ReadSession(DatagramProtocol):
 
         @return: how many the kernel took.
         """
-        if len(packets) == 1:
+        count = len(packets)
+        if count == 1:
             try:
                 self._write(packets[0], self.peer)
             except OSError:
                 return 0
             written = 1
-        else:
+        elif count:
             written = self._port.send_window(packets, self.peer)
+        else:
+            # A read still pending: nothing on the wire to send again.
+            return 0
         self.stats.packets_sent += written
         return written
 
@@ -406,6 +551,17 @@ class ReadSession(DatagramProtocol):
 
     # -- moving backward: the timer -----------------------------------------
 
+    def _wait(self, attempt: int) -> float:
+        """
+        How long to wait for progress after the C{attempt}-th sending of
+        the same packets: the round trip's RTO, backed off, once the peer
+        has proven its address and when the client did not negotiate a
+        timeout; the schedule's wait otherwise.
+        """
+        if self._rtt is not None and self._proven:
+            return self._rtt.backed_off(attempt)
+        return self._schedule[attempt]
+
     def _arm(self, attempt: int, now: float) -> None:
         """
         Expect progress within the wait for C{attempt}, counted from C{now}.
@@ -415,12 +571,14 @@ class ReadSession(DatagramProtocol):
         """
         if self.ended:
             return
-        deadline = self._deadline = now + self._schedule[attempt]
+        wait = self._wait(attempt)
+        self.stats.rto = wait
+        deadline = self._deadline = now + wait
         if self._timer is None:
-            self._timer = self._clock.callLater(deadline - now, self._tick)
+            self._timer = self._clock.callLater(wait, self._tick)
             self._timer_at = deadline
         elif self._timer_at > deadline:
-            self._timer.reset(deadline - now)
+            self._timer.reset(wait)
             self._timer_at = deadline
 
     def _tick(self) -> None:
@@ -436,18 +594,33 @@ class ReadSession(DatagramProtocol):
             self._timed_out(now)
 
     def _timed_out(self, now: float) -> None:
+        if self._gap_pending:
+            # No second partial ACK came: the window had a gap.
+            self._resend_window(now)
+            self._arm(self._attempt, now)
+            return
         self._attempt += 1
-        if self._attempt >= (len(self._schedule) if self._proven else self._unproven_sends):
+        if not self._proven:
+            given_up = self._attempt >= self._unproven_sends
+        elif self._rtt is not None:
+            given_up = now - self._last_progress >= self._patience
+        else:
+            given_up = self._attempt >= len(self._schedule)
+        if given_up:
             self._end(Outcome.TIMEOUT)
             return
+        self._flight_clean = False
         if self._oack is not None:
             self._send([self._oack])
             self.stats.retransmits += 1
-        else:
+        elif self._window == 1:
             # Everything on the wire and not acknowledged goes again.  While
             # a read is pending there may be nothing to resend: the wait
             # still counts, so a read that never returns ends the session.
             self.stats.retransmits += self._send(self._packets[: self._sent])
+        else:
+            self._sent = 0
+            self._advance()
         self._arm(self._attempt, now)
 
     # -- everything else ----------------------------------------------------
@@ -497,6 +670,17 @@ class ReadSession(DatagramProtocol):
         self.stats.error_code = wire.ErrorCode.NOT_DEFINED
         self.stats.error_message = message
         self._end(Outcome.ABORTED)
+
+    def evict(self, reason: str) -> None:
+        """
+        End a transfer whose peer never acknowledged anything, to make room
+        for another: nothing is sent (the peer may be forged), and its stats
+        say why.
+        """
+        if self.ended:
+            return
+        self.stats.error_message = reason
+        self._end(Outcome.EVICTED)
 
     def not_started(self, message: str) -> None:
         """

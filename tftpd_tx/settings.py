@@ -237,6 +237,22 @@ SCHEMA: tuple[Setting, ...] = (
         high=255,
         short="t",
     ),
+    # A round trip's RTO is never below this: measured on this 2-CPU VM,
+    # the reactor runs a timer up to 10-15 ms late under a storm of 5,000
+    # transfers (tests/test_flood.py, the reactor-lag histogram of
+    # /metrics), so a floor of 50 ms leaves spurious retransmissions rare.
+    Setting(
+        "rto_floor",
+        float,
+        0.05,
+        "Least retransmit wait in seconds once a transfer has measured its "
+        "round trip (RFC 6298: the wait is the smoothed round trip plus four "
+        "times its variation, doubled on each expiry, at most 8 times "
+        "--timeout); a wait below the host's scheduling jitter would resend "
+        "what is merely late.",
+        low=0.001,
+        high=255,
+    ),
     Setting(
         "retries",
         int,

@@ -38,6 +38,9 @@ class Outcome:
     REFUSED = "refused"
     #: Stopped from outside (an operator, or the server shutting down).
     ABORTED = "aborted"
+    #: Given up to make room under a cap before its client had answered at
+    #: all (see L{tftpd_tx.policy.UnprovenSessions}).
+    EVICTED = "evicted"
 
 
 @dataclass(eq=False)
@@ -52,7 +55,9 @@ class SessionStats:
     the transfer's number on its server (what the manhole's C{ls()} shows),
     and C{request} the L{tftpd_tx.content.Request} it serves, so that a
     session callback can tell which request a result belongs to without
-    keying anything by peer.
+    keying anything by peer.  C{srtt} is the smoothed round trip measured
+    so far (L{None} before a sample, or when the client negotiated its
+    timeout), and C{rto} the wait the retransmit timer runs with now.
     """
 
     peer: tuple[str, int]
@@ -79,6 +84,8 @@ class SessionStats:
     error_message: str = ""
     session_id: int | None = None
     request: Request | None = None
+    srtt: float | None = None
+    rto: float | None = None
 
     @property
     def duration(self) -> float | None:
