@@ -551,6 +551,7 @@ class CacheBehaviourTests(SynchronousTestCase):
         """
         h = Harness(self, cache_bytes=10**6)
         self.fill(h, {"ETag": '"v1"'})
+        h.clock.advance(1)
         self.fill(h, {"ETag": '"v2"', "Cache-Control": "max-age=60"}, body=b"v2")
         self.assertEqual(read_all(h.ask()), b"v2")
         self.assertEqual(len(h.cache), 1)
@@ -592,6 +593,25 @@ class CacheBehaviourTests(SynchronousTestCase):
         self.fill(h, {"Cache-Control": "no-store, max-age=60", "ETag": '"1"'})
         self.assertEqual(len(h.cache), 0)
 
+    def test_heuristic_freshness(self):
+        """
+        An answer with a validator and no freshness information (nginx's
+        static files) is fresh for one second, then revalidated; with
+        C{heuristic_lifetime=0}, before every use.
+        """
+        h = Harness(self, cache_bytes=10**6)
+        self.fill(h, {"ETag": '"1"'})
+        h.clock.advance(0.9)
+        h.ask().close()
+        self.assertEqual(len(h.agent.requests), 1)
+        h.clock.advance(0.1)
+        h.ask()
+        self.assertEqual(h.agent.requests[-1].header("if-none-match"), '"1"')
+        strict = Harness(self, cache_bytes=10**6, heuristic_lifetime=0)
+        self.fill(strict, {"ETag": '"1"'})
+        strict.ask()
+        self.assertEqual(len(strict.agent.requests), 2)
+
     def test_revalidations_are_single_flight(self):
         """
         Requests for a stale entry while it is revalidated wait for that
@@ -599,6 +619,7 @@ class CacheBehaviourTests(SynchronousTestCase):
         """
         h = Harness(self, cache_bytes=10**6)
         self.fill(h, {"ETag": '"1"'})
+        h.clock.advance(1)
         pending = [h.ask(peer=("192.0.2.7", i)) for i in range(5)]
         self.assertEqual(len(h.agent.requests), 2)
         h.agent.requests[1].respond(304)
@@ -639,6 +660,8 @@ class PolicyTests(SynchronousTestCase):
         Stored: shareable answers with freshness or a validator.
         """
         self.assertFalse(policy_for({}, 0).store)
+        self.assertEqual(policy_for({"last-modified": "x"}, 0).lifetime, 1.0)
+        self.assertEqual(policy_for({"etag": '"x"'}, 0, heuristic=0).lifetime, 0)
         self.assertTrue(policy_for({"etag": '"x"'}, 0).store)
         self.assertTrue(policy_for({"cache-control": "max-age=1"}, 0).store)
         self.assertFalse(policy_for({"cache-control": "private, max-age=1"}, 0).share)

@@ -89,15 +89,25 @@ class Policy:
     must_revalidate: bool
 
 
-def policy_for(headers: Mapping[str, str], now: float) -> Policy:
+#: Seconds an answer with a validator but no freshness information stays
+#: fresh: RFC 9111's heuristic freshness (4.2.2), kept short so that a
+#: change at the origin is seen within it, and long enough that a storm of
+#: requests makes one revalidation a second, not one per request.
+HEURISTIC_LIFETIME = 1.0
+
+
+def policy_for(
+    headers: Mapping[str, str], now: float, heuristic: float = HEURISTIC_LIFETIME
+) -> Policy:
     """
     The L{Policy} of a 200 answer with C{headers} (names lower-cased),
     received at C{now}.
 
     Freshness comes from C{s-maxage}, else C{max-age}, else C{Expires}
-    less C{Date}; without any, the answer is fresh for no time at all and
-    is revalidated (with its C{ETag} or C{Last-Modified}) before each use.
-    An answer with neither freshness nor a validator is not stored.
+    less C{Date}; without any, an answer with a validator (C{ETag} or
+    C{Last-Modified}) is fresh for C{heuristic} seconds and then
+    revalidated before use, and one without a validator is not stored.
+    C{no-cache} makes it stale at once.
     """
     directives = parse_cache_control(headers.get("cache-control", ""))
     varies = {
@@ -122,8 +132,9 @@ def policy_for(headers: Mapping[str, str], now: float) -> Policy:
             expires = _http_date(headers["expires"])
             date = _http_date(headers.get("date")) or now
             lifetime = max(expires - date, 0.0) if expires is not None else 0.0
-    lifetime = lifetime or 0.0
     validated = "etag" in headers or "last-modified" in headers
+    if lifetime is None:
+        lifetime = heuristic if validated and not no_cache else 0.0
     stale_if_error = None
     if "stale-if-error" in directives:
         stale_if_error = _seconds(directives["stale-if-error"]) or 0.0

@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from .cache import DiskCache, Entry, policy_for
+from .cache import HEURISTIC_LIFETIME, DiskCache, Entry, policy_for
 from .content import (
     AccessViolation,
     FileNotFound,
@@ -505,7 +505,7 @@ class _Flight:
         stale = self.stale
         # RFC 9111 4.3.4: the 304's headers replace the stored ones; what
         # it does not say about freshness stays as it was.
-        policy = policy_for(headers, now)
+        policy = policy_for(headers, now, self.handler.heuristic_lifetime)
         changes = {"stored": policy.stored}
         if "cache-control" in headers or "expires" in headers:
             changes.update(
@@ -533,7 +533,7 @@ class _Flight:
     def _stream(self, response, now: float) -> None:
         handler = self.handler
         headers = _lower_headers(response.headers)
-        policy = policy_for(headers, now)
+        policy = policy_for(headers, now, self.handler.heuristic_lifetime)
         shared = self.shared and policy.share
         size = None if response.length is UNKNOWN_LENGTH else response.length
         if shared and policy.store and handler.cache is not None:
@@ -641,6 +641,10 @@ class OriginHandler:
         L{make_agent} (for tests).
     @param ahead: how far a download may run ahead of its fastest reader
         (see L{tftpd_tx.spool.DEFAULT_AHEAD}).
+    @param heuristic_lifetime: seconds an answer with a validator but no
+        freshness information is fresh (see
+        L{tftpd_tx.cache.HEURISTIC_LIFETIME}); 0 revalidates it before
+        every use.
 
     @ivar stats: the L{OriginStats}.
     @ivar failing: whether the origin's last answer was a failure; true
@@ -660,6 +664,7 @@ class OriginHandler:
         ca_file: str | None = None,
         agent=None,
         ahead: int = DEFAULT_AHEAD,
+        heuristic_lifetime: float = HEURISTIC_LIFETIME,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -668,6 +673,7 @@ class OriginHandler:
         self.cache = cache
         self.timeout = timeout
         self.ahead = ahead
+        self.heuristic_lifetime = heuristic_lifetime
         self.spool_dir = cache.tmp_dir if cache is not None else None
         self._pool = None
         if agent is None:
