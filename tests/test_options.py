@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tftpd_tx.options import (
+    buffer_charge,
     DEFAULT_BLKSIZE,
     MAX_BLKSIZE,
     MAX_WINDOWSIZE,
@@ -21,7 +22,10 @@ from tftpd_tx.options import (
 
 #: Limits that clamp nothing a client may ask for.
 OPEN = Limits(
-    max_blksize=MAX_BLKSIZE, max_windowsize=MAX_WINDOWSIZE, max_window_bytes=2**40
+    max_blksize=MAX_BLKSIZE,
+    max_windowsize=MAX_WINDOWSIZE,
+    max_window_bytes=2**40,
+    client_buffer=0,
 )
 
 #: Values that are not a decimal number in any option's range.
@@ -276,6 +280,50 @@ class WindowSizeTests(SynchronousTestCase):
         result = negotiate({"blksize": "8192", "windowsize": "64"}, limits, None)
         assert (result.blksize, result.windowsize) == (8192, 8)
         assert result.oack == {"blksize": "8192", "windowsize": "8"}
+
+    def test_window_fits_the_client_buffer(self):
+        """
+        By default a window never holds more blocks than a client's default
+        receive buffer (212,992 bytes) can queue, the kernel's charge per
+        datagram included: 43 blocks at blksize 3072, 22 at 4096, 2 at
+        65464, where a byte budget alone allowed 64, 48 and 3.
+        """
+        for blksize, window in ((512, 64), (3072, 43), (4096, 22), (8192, 11), (65464, 2)):
+            result = negotiate(
+                {"blksize": str(blksize), "windowsize": "64"}, Limits(), None
+            )
+            assert result.windowsize == window, blksize
+            assert window * buffer_charge(blksize) <= 212992
+
+    def test_buffer_charge_errs_high(self):
+        """
+        The charge per datagram is at least what the kernel was measured to
+        take: as many datagrams as the estimate lets in fit a default
+        receive buffer, on this host's loopback.
+        """
+        import socket
+
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            receiver.bind(("127.0.0.1", 0))
+            receiver.setblocking(False)
+            size = receiver.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            for blksize in (512, 1468, 3072, 4096, 8192, 16384, 65464):
+                fits = size // buffer_charge(blksize)
+                for _ in range(fits):
+                    sender.sendto(b"x" * (blksize + 4), receiver.getsockname())
+                arrived = 0
+                while True:
+                    try:
+                        receiver.recv(70000)
+                    except BlockingIOError:
+                        break
+                    arrived += 1
+                assert arrived == fits, blksize
+        finally:
+            receiver.close()
+            sender.close()
 
     def test_byte_budget_either_order(self):
         """

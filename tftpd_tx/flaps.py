@@ -14,7 +14,8 @@ over a sliding window, in a bounded table.
 from __future__ import annotations
 
 import collections
-import ipaddress
+
+from .prefixes import client_prefix
 
 __all__ = ["FlapTable"]
 
@@ -71,10 +72,8 @@ class FlapTable:
         """
         The prefix C{host} belongs to, as text (C{"192.0.2.0/24"}).
         """
-        address = ipaddress.ip_address(host.split("%", 1)[0])
         ipv4, ipv6 = self._lengths()
-        length = ipv4 if address.version == 4 else ipv6
-        return str(ipaddress.ip_network((address, length), strict=False))
+        return client_prefix(host, ipv4, ipv6)
 
     def _entry(self, host: str) -> tuple[_Prefix, int]:
         now = self._clock.seconds()

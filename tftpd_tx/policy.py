@@ -134,10 +134,13 @@ class UnprovenSessions:
     A flood of requests with forged source addresses makes transfers that
     nobody will ever acknowledge; without this, they would hold every place
     under the caps until they time out, and no real client would get in.
-    Evicting the oldest unproven one for each new request keeps room for
-    the clients that answer (they prove their address within a round trip).
-    Entries are dropped lazily: a transfer that has since been proven, or
-    has ended, is skipped and forgotten when met.
+    Evicting the oldest unproven one for a new request from a client that
+    holds none itself keeps room for the clients that answer (they prove
+    their address within a round trip), while a flood cannot make room for
+    itself (its sources all hold unproven transfers) and so cannot make the
+    server churn through transfers.
+    A transfer leaves the table when it ends (L{discard}); one that has been
+    proven meanwhile is skipped and forgotten when met.
     """
 
     def __init__(self) -> None:
@@ -149,6 +152,12 @@ class UnprovenSessions:
         self._all[key] = session
         self._by_host.setdefault(session.peer[0], collections.OrderedDict())[key] = session
 
+    def discard(self, session) -> None:
+        """
+        Forget C{session} (it has ended), if it is here.
+        """
+        self._forget(session)
+
     def _forget(self, session) -> None:
         key = id(session)
         self._all.pop(key, None)
@@ -157,6 +166,19 @@ class UnprovenSessions:
             sessions.pop(key, None)
             if not sessions:
                 del self._by_host[session.peer[0]]
+
+    def holds_any(self, host: str) -> bool:
+        """
+        Whether C{host} has a transfer still unproven.
+        """
+        sessions = self._by_host.get(host)
+        while sessions:
+            session = next(iter(sessions.values()))
+            if not session.ended and not session.proven:
+                return True
+            self._forget(session)
+            sessions = self._by_host.get(host)
+        return False
 
     def oldest(self, host: str | None = None):
         """

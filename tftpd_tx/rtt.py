@@ -15,7 +15,8 @@ next one starts from it instead of from the configured timeout.
 from __future__ import annotations
 
 import collections
-import ipaddress
+
+from .prefixes import client_prefix
 
 __all__ = ["RoundTrip", "RoundTripMemory"]
 
@@ -87,24 +88,18 @@ class RoundTripMemory:
         self._size = size
         self._srtt: collections.OrderedDict[str, float] = collections.OrderedDict()
 
-    @staticmethod
-    def _prefix(host: str) -> str:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-        length = 24 if address.version == 4 else 64
-        return str(ipaddress.ip_network((address, length), strict=False))
-
     def recall(self, host: str) -> float | None:
         """
         The last SRTT seen for C{host}'s prefix, or L{None}.
         """
-        key = self._prefix(host)
+        key = client_prefix(host)
         value = self._srtt.get(key)
         if value is not None:
             self._srtt.move_to_end(key)
         return value
 
     def remember(self, host: str, srtt: float) -> None:
-        key = self._prefix(host)
+        key = client_prefix(host)
         self._srtt[key] = srtt
         self._srtt.move_to_end(key)
         if len(self._srtt) > self._size:

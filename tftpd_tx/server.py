@@ -326,9 +326,9 @@ class TFTPServer(DatagramProtocol):
         requests, when C{client_rate} is set).
         """
         total, per_client = self.session_caps()
-        if self._in_progress.total >= total and not self._make_room(None):
+        if self._in_progress.total >= total and not self._make_room(host):
             return "sessions"
-        if self._in_progress.of(host) >= per_client and not self._make_room(host):
+        if self._in_progress.of(host) >= per_client:
             return "client_sessions"
         settings = self.settings
         if settings.client_rate and not self._rates.allow(
@@ -337,13 +337,17 @@ class TFTPServer(DatagramProtocol):
             return "client_rate"
         return None
 
-    def _make_room(self, host: str | None) -> bool:
+    def _make_room(self, host: str) -> bool:
         """
-        Give up the oldest transfer (of C{host}, if given) whose client has
-        not acknowledged anything yet, so that a new request fits under the
-        cap; whether there was one.
+        Give up the oldest transfer whose client has not acknowledged
+        anything yet, so that a request from C{host} fits under the cap;
+        whether that was done.  Only for a client that holds no unproven
+        transfer itself: the sources of a flood of forged requests all do,
+        so the flood cannot make room for itself.
         """
-        session = self._unproven.oldest(host)
+        if self._unproven.holds_any(host):
+            return False
+        session = self._unproven.oldest()
         if session is None:
             return False
         self.stats.increment("sessions.evicted")
@@ -566,6 +570,7 @@ class TFTPServer(DatagramProtocol):
         self.sessions.pop(session.session_id, None)
         if self._busy_peers.get(session.peer) is session:
             self._release(session.peer)
+        self._unproven.discard(session)
         self.stats.session_ended(stats)
         if stats.srtt is not None:
             self.round_trips.remember(stats.peer[0], stats.srtt)

@@ -227,6 +227,20 @@ SCHEMA: tuple[Setting, ...] = (
         low=1,
         limit=True,
     ),
+    # Linux's default receive buffer (net.core.rmem_default).  The kernel
+    # charges each datagram far more than its payload (a 4,100-byte one
+    # takes 8,519 bytes of it; see options.buffer_charge), so a byte budget
+    # alone overflowed it at blksize 3072 to 8192.
+    Setting(
+        "client_buffer",
+        int,
+        212992,
+        "Receive buffer, in bytes, a client is assumed to have: a window "
+        "never holds more blocks than the kernel can queue in it, counting "
+        "its overhead per datagram. 0: no such cap.",
+        low=0,
+        limit=True,
+    ),
     Setting(
         "timeout",
         float,
