@@ -195,7 +195,7 @@ def _version() -> str:
 
 def operations_services(
     tftp, reactor, *, endpoint: str | None, canary: str | None = None,
-    disable_file: str | None = None, checks=(),
+    disable_file: str | None = None, checks=(), listening=None, collectors=(),
 ) -> list[Service]:  # fmt: skip
     """
     The services of the operations plane for the TFTP service C{tftp}: the
@@ -207,6 +207,9 @@ def operations_services(
     @param canary: the path the canary fetches, or L{None} for none.
     @param disable_file: the disable file's path, or L{None}.
     @param checks: more causes of degradation (see L{tftpd_tx.health.Health}).
+    @param listening: returns whether the host can serve (the health is
+        down when not); by default, whether C{tftp}'s port is open.
+    @param collectors: more Prometheus collectors for C{/metrics}.
     """
     from .operator import Operator
 
@@ -220,7 +223,7 @@ def operations_services(
     probe = grades.Canary(reactor, listener_address, canary) if canary else None
     health = grades.Health(
         server,
-        listening=lambda: tftp.port is not None,
+        listening=listening or (lambda: tftp.port is not None),
         lag=lag,
         canary=probe,
         checks=tuple(checks),
@@ -235,6 +238,8 @@ def operations_services(
     services: list[Service] = [keeper]
     if endpoint is not None:
         registry = make_registry(ServerCollector(server, health, lag, _version()))
+        for collector in collectors:
+            registry.register(collector)
         resource = OpsResource(Operator(server, reactor), health, registry)
         web = OpsService(endpoint, resource, reactor, keep_until=tftp.when_stopped)
         web.setName("ops")
