@@ -128,7 +128,8 @@ class TransfersTests(ServerMixin, SynchronousTestCase):
         """
         A transfer's row has its id, peer, local address (its own port),
         path, blocks acknowledged, block size, window, bytes sent and in
-        all, retransmits, age and seconds since the last ACK.
+        all, retransmits, age, seconds since the last ACK, and its round
+        trip (RFC 6298: samples of 0.5 and 0.75 s) and retransmit wait.
         """
         port = self.start(blksize=1000)
         self.reactor.advance(0.5)
@@ -152,6 +153,8 @@ class TransfersTests(ServerMixin, SynchronousTestCase):
                     "retransmits": 0,
                     "age": 1.5,
                     "since_last_ack": 0.25,
+                    "srtt": 0.53125,
+                    "rto": 1.53125,
                 }
             ],
         )

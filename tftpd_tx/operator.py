@@ -135,6 +135,8 @@ class Operator:
             "retransmits": stats.retransmits,
             "age": now - stats.start_time,
             "since_last_ack": None if last_ack is None else now - last_ack,
+            "srtt": stats.srtt,
+            "rto": stats.rto,
         }
 
     def kill(self, session_id: int) -> dict[str, Any] | None:
