@@ -238,7 +238,7 @@ class ReadSession(DatagramProtocol):
         self.stats.local_addr = (host.host, host.port)
         self.stats.start_time = self.stats.start_time or now
         if self._oack is not None:
-            self.stats.first_data_time = now
+            self.stats.first_data_time = self._flight_at = now
             self._send([self._oack])
         else:
             self._advance()
