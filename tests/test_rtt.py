@@ -110,6 +110,17 @@ class AdaptiveTimerTests(SynchronousTestCase):
         self.assertEqual(len(port.take()), 1)
         self.assertEqual(session.stats.retransmits, 1)
 
+    def test_oack_round_trip(self):
+        """
+        The ACK of the OACK is the first sample, timed from the OACK's
+        sending (on a clock at the epoch's time, as a real one is).
+        """
+        self.reactor.advance(1.8e9)
+        port = self.start(blksize=1024)
+        self.reactor.advance(0.01)
+        port.deliver(ack(0), CLIENT)
+        self.assertAlmostEqual(self.server.sessions[1].stats.srtt, 0.01)
+
     def test_karn(self):
         """
         The ACK of a retransmitted block is no sample: a 3 s answer to a
