@@ -1,0 +1,139 @@
+"""
+Windows on real loopback sockets: a client that acknowledges every block,
+and one that reads its socket only after a whole window has arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tftpd_tx import FilesystemHandler, TFTPService, wire
+
+SIZE = 1 << 20
+
+
+def _rrq(blksize: int, windowsize: int) -> bytes:
+    return wire.ReadRequest(
+        "file.bin", "octet", {"blksize": str(blksize), "windowsize": str(windowsize)}
+    ).encode()
+
+
+def _ack(block: int) -> bytes:
+    return struct.pack("!HH", 4, block & 0xFFFF)
+
+
+def fetch_acking_every_block(server, blksize: int) -> tuple[bytes, int]:
+    """
+    Fetch with windowsize 64, acknowledging every block received in order
+    (and the last in-order one again for anything else); return the
+    content and the DATA datagrams received.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(2)
+        client.sendto(_rrq(blksize, 64), server)
+        oack, tid = client.recvfrom(70000)
+        assert oack[:2] == b"\0\6", oack[:20]
+        client.sendto(_ack(0), tid)
+        chunks, expected, datagrams = [], 1, 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            packet, _ = client.recvfrom(70000)
+            datagrams += 1
+            block = struct.unpack("!H", packet[2:4])[0]
+            if block == expected & 0xFFFF:
+                chunks.append(packet[4:])
+                client.sendto(_ack(block), tid)
+                expected += 1
+                if len(packet) - 4 < blksize:
+                    return b"".join(chunks), datagrams
+            else:
+                client.sendto(_ack(expected - 1), tid)
+        raise AssertionError("the transfer did not finish in 30 s")
+
+
+def fetch_reading_late(server, blksize: int, windowsize: int) -> bytes:
+    """
+    Fetch with a socket of the default receive buffer that is read only
+    50 ms after each window was asked for, as a slow client's is: every
+    window must fit in the buffer, or the kernel drops its tail.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(5)
+        client.sendto(_rrq(blksize, windowsize), server)
+        oack, tid = client.recvfrom(70000)
+        window = int(wire.decode(oack).options["windowsize"])
+        client.sendto(_ack(0), tid)
+        chunks, expected = [], 1
+        while True:
+            time.sleep(0.05)
+            for _ in range(window):
+                packet, _ = client.recvfrom(70000)
+                block = struct.unpack("!H", packet[2:4])[0]
+                assert block == expected & 0xFFFF, (block, expected)
+                chunks.append(packet[4:])
+                expected += 1
+                if len(packet) - 4 < blksize:
+                    client.sendto(_ack(block), tid)
+                    return b"".join(chunks)
+            client.sendto(_ack(expected - 1), tid)
+
+
+class RealWindowTests(TestCase):
+    """
+    Issue 14's window targets, against the real server.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.root = self.mktemp()
+        os.makedirs(self.root)
+        self.content = os.urandom(SIZE)
+        with open(os.path.join(self.root, "file.bin"), "wb") as f:
+            f.write(self.content)
+        self.finished = []
+        self.service = TFTPService(
+            FilesystemHandler(self.root), port=0, interface="127.0.0.1",
+            session_callback=self.finished.append,
+        )  # fmt: skip
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.address = ("127.0.0.1", self.service.port.getHost().port)
+
+    async def test_client_acking_every_block(self):
+        """
+        A client that acknowledges every block of a window of 64 receives
+        the file about once (at most 1.1 times its bytes), at blksize 512
+        and 3072, where each such ACK used to bring the rest of the window
+        again (52 to 62 times the file).
+        """
+        for blksize in (512, 3072):
+            content, datagrams = await deferToThread(
+                fetch_acking_every_block, self.address, blksize
+            )
+            self.assertEqual(content, self.content)
+            sys.stderr.write(
+                f"\nblksize {blksize}, every block acknowledged: "
+                f"{datagrams * blksize / SIZE:.3f} times the file sent\n"
+            )
+            self.assertLessEqual(datagrams * blksize, 1.1 * SIZE, blksize)
+
+    async def test_window_fits_a_default_buffer(self):
+        """
+        At blksize 4096 and windowsize 64, a client that reads after the
+        window arrived gets every block the first time: no retransmission.
+        """
+        content = await deferToThread(fetch_reading_late, self.address, 4096, 64)
+        self.assertEqual(content, self.content)
+        (stats,) = self.finished
+        self.assertEqual(stats.retransmits, 0)
