@@ -4,9 +4,16 @@ The listener: requests in, transfers out.
 L{TFTPServer} decodes each datagram that reaches the server port, applies the
 policy steps (in L{TFTPServer.handle_read_request}, in order), asks the
 handler for the content, negotiates options and starts a
-L{tftpd_tx.session.ReadSession} on a port of its own.  Nothing raises out of
+L{tftpd_tx.session.ReadSession} on a port of its own (or, in single-port
+mode, on the port the request came in on).  Nothing raises out of
 C{datagramReceived}, and nothing in it waits: a handler that answers with a
 L{Deferred} holds up only its own client.
+
+One server may listen on several request ports (the sockets systemd hands
+over: IPv4 and IPv6, several addresses): each has a protocol of its own
+(L{TFTPServer.listener}) that hands the server its datagrams along with
+itself, so that everything a request is answered with leaves through the
+port it came in on.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from .requestport import plain_address
 from .rtt import RoundTrip, RoundTripMemory
 from .settings import Settings
 from .stats import Outcome, ServerStats, SessionStats
-from .transport import IRequestPort, UDPNetwork
+from .transport import IRequestPort, ISharedRequestPort, UDPNetwork
 
 __all__ = ["TFTPServer"]
 
@@ -64,6 +71,51 @@ def _out_of_descriptors(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in _OUT_OF_DESCRIPTORS
 
 
+class _RequestPort(DatagramProtocol):
+    """
+    The protocol of one request port of a L{TFTPServer}: it hands the server
+    every datagram together with itself, the way back to the client.
+
+    @ivar port: the L{IRequestPort} once started.
+    @ivar address: the C{(host, port)} the port listens on.
+    @ivar shared: whether the port carries the transfers of its requests
+        (L{ISharedRequestPort}: single-port mode).
+    """
+
+    noisy = False
+
+    def __init__(self, server: TFTPServer) -> None:
+        self._server = server
+        self.port = None
+        self.address = ("", 0)
+        self.shared = False
+
+    def startProtocol(self) -> None:
+        port = self.port = IRequestPort(self.transport)
+        host = port.getHost()
+        self.address = (host.host, host.port)
+        self.shared = ISharedRequestPort.providedBy(port)
+
+    def datagramReceived(self, datagram: bytes, addr, local: str | None = None) -> None:
+        self._server.request_received(datagram, addr, local, self)
+
+    def local_address(self, local: str | None) -> tuple[str, int]:
+        """
+        The C{(host, port)} a datagram was sent to: C{local}, what the port
+        learnt from the kernel, or else the port's own host.
+        """
+        host, port = self.address
+        return (local if local is not None else host, port)
+
+    def reply_error(self, peer, local: str | None, code: int, message: str) -> None:
+        """
+        Answer C{peer} with an ERROR from this port, with C{local} (the
+        address the request was sent to) as its source when the port can
+        choose it.
+        """
+        self.port.reply_from(wire.Error(code, message).encode(), peer, local)
+
+
 class TFTPServer(DatagramProtocol):
     """
     Serve read requests with a handler.
@@ -75,7 +127,9 @@ class TFTPServer(DatagramProtocol):
     @param network: the L{tftpd_tx.transport.INetwork} that opens the
         transfers' ports; when omitted, C{reactor.listenUDP}
         (L{tftpd_tx.transport.UDPNetwork}).  L{tftpd_tx.service.TFTPService}
-        chooses the best one for its reactor.
+        chooses the best one for its reactor.  A request that came in on an
+        L{tftpd_tx.transport.ISharedRequestPort} (single-port mode) has its
+        transfer opened on that port instead.
     @param stats: the L{ServerStats} to count into.
     @param session_callback: called with the L{SessionStats} of every
         transfer when it ends.
@@ -138,21 +192,43 @@ class TFTPServer(DatagramProtocol):
 
     # -- receiving ----------------------------------------------------------
 
+    def listener(self) -> DatagramProtocol:
+        """
+        A protocol for one more request port of this server: give it to
+        C{INetwork.listen} or C{adopt}.  What a request that arrives on it
+        is answered with leaves through that port.  (The server is also a
+        protocol itself, for a port opened by hand with C{listenUDP}.)
+        """
+        return _RequestPort(self)
+
+    def startProtocol(self) -> None:
+        self._own_port = self.listener()
+        self._own_port.makeConnection(self.transport)
+
     def datagramReceived(self, datagram: bytes, addr, local: str | None = None) -> None:
         """
-        Handle one datagram sent to the server port.
+        Handle one datagram sent to the port this server is the protocol of.
 
         @param local: the address the datagram was sent to, when the port
             knows it (L{tftpd_tx.transport.IRequestPort}); otherwise the port's
             own address is used.
         """
+        self.request_received(datagram, addr, local, self._own_port)
+
+    def request_received(self, datagram: bytes, addr, local: str | None, via) -> None:
+        """
+        Handle one datagram sent to a request port of this server.
+
+        @param via: that port's protocol (from L{listener}), which the
+            answers go back through.
+        """
         peer = plain_address(addr)
         try:
-            self._dispatch(datagram, peer, local)
+            self._dispatch(datagram, peer, local, via)
         except Exception:
             self._log.failure("Unexpected error on a datagram from {peer}", peer=peer)
 
-    def _dispatch(self, datagram: bytes, peer, local) -> None:
+    def _dispatch(self, datagram: bytes, peer, local, via) -> None:
         stats = self.stats
         stats.increment("datagrams")
         if peer[1] < LOWEST_CLIENT_PORT and not self.settings.allow_low_ports:
@@ -163,17 +239,17 @@ class TFTPServer(DatagramProtocol):
             stats.increment("requests.too_large")
             self._note("dropped", "Refused a {size}-byte request from {peer}: over 512 octets",
                        size=len(datagram), peer=peer)
-            self.reply_error(
+            via.reply_error(
                 peer, local, wire.ErrorCode.ILLEGAL_OPERATION, "Request over 512 octets"
             )
             return
         try:
             packet = wire.decode(datagram)
         except wire.DecodeError as error:
-            self._malformed(error, peer, local)
+            self._malformed(error, peer, local, via)
             return
         if isinstance(packet, wire.ReadRequest):
-            self.handle_read_request(packet, peer, self._local_address(local))
+            self.handle_read_request(packet, peer, via.local_address(local), via)
         elif isinstance(packet, wire.WriteRequest):
             stats.increment("requests.write")
             self._note(
@@ -182,12 +258,20 @@ class TFTPServer(DatagramProtocol):
                 path=path_for_log(packet.filename),
                 peer=peer,
             )
-            self.reply_error(
+            via.reply_error(
                 peer,
                 local,
                 wire.ErrorCode.ACCESS_VIOLATION,
                 "Write requests are not supported by this server",
             )
+        elif via.shared:
+            # A port shared with its transfers has handed theirs to them: this
+            # is for a transfer that is not here (it ended, or another server
+            # of the fleet has it), the single-port mode's stray.  No ERROR 5:
+            # it would end a transfer that runs elsewhere.
+            stats.increment("datagrams.stray")
+            if not isinstance(packet, wire.Error):
+                self.flaps.stray(peer[0])
         else:
             # DATA, ACK, ERROR or OACK belong to a transfer port; here they
             # are leftovers of transfers that ended, or of a transfer another
@@ -204,7 +288,7 @@ class TFTPServer(DatagramProtocol):
         if self._log_budget.allow(kind, self.settings.log_rate):
             self._log.info(text, **fields)
 
-    def _malformed(self, error: wire.DecodeError, peer, local) -> None:
+    def _malformed(self, error: wire.DecodeError, peer, local, via) -> None:
         self.stats.increment("datagrams.malformed")
         # One line per interval at most: a flood of garbage must not become
         # a flood of log lines (the counter has the full count).
@@ -225,32 +309,19 @@ class TFTPServer(DatagramProtocol):
             wire.Opcode.OACK,
         ):
             return
-        self.reply_error(peer, local, error.code, "Malformed request")
-
-    def startProtocol(self) -> None:
-        self._requests = IRequestPort(self.transport)
-        host = self._requests.getHost()
-        self._listening_on = (host.host, host.port)
-
-    def _local_address(self, local: str | None) -> tuple[str, int]:
-        host, port = self._listening_on
-        return (local if local is not None else host, port)
-
-    def reply_error(self, peer, local: str | None, code: int, message: str) -> None:
-        """
-        Answer a request with an ERROR from the server port, with the source
-        address the request was sent to when the port can choose it.
-        """
-        self._requests.reply_from(wire.Error(code, message).encode(), peer, local)
+        via.reply_error(peer, local, error.code, "Malformed request")
 
     # -- policy -------------------------------------------------------------
 
-    def handle_read_request(self, packet: wire.ReadRequest, peer, local) -> None:
+    def handle_read_request(self, packet: wire.ReadRequest, peer, local, via) -> None:
         """
         The policy steps for an RRQ, in order: draining, the mode, a
         retransmitted request, the session caps and the client's request
         rate (L{over_limits}), L{allow_request}; then the handler.  Override
         the steps, not this method.
+
+        @param local: the C{(host, port)} the request was sent to.
+        @param via: the protocol of the request port it came in on.
         """
         stats = self.stats
         stats.increment("requests.read")
@@ -274,7 +345,7 @@ class TFTPServer(DatagramProtocol):
                 peer=peer,
                 mode=path_for_log(request.mode, 20),
             )
-            self.reply_error(
+            via.reply_error(
                 peer, local[0], wire.ErrorCode.ILLEGAL_OPERATION, "Unsupported transfer mode"
             )
             return
@@ -300,7 +371,7 @@ class TFTPServer(DatagramProtocol):
         stats.increment("requests.accepted")
         self._busy_peers[peer] = None
         self._in_progress.add(peer[0])
-        self._ask_handler(request, self._reactor.seconds())
+        self._ask_handler(request, self._reactor.seconds(), via)
 
     def session_caps(self) -> tuple[int, int]:
         """
@@ -384,11 +455,11 @@ class TFTPServer(DatagramProtocol):
 
     # -- the handler --------------------------------------------------------
 
-    def _ask_handler(self, request: Request, started: float) -> None:
+    def _ask_handler(self, request: Request, started: float, via) -> None:
         try:
             result = self.handler.get_response_data(request)
         except Exception:
-            self._refuse(Failure(), request)
+            self._refuse(Failure(), request, via)
             return
         if not isinstance(result, Deferred) and inspect.isawaitable(result):
             result = ensureDeferred(result)
@@ -396,13 +467,13 @@ class TFTPServer(DatagramProtocol):
             result.addCallbacks(
                 self._start_session,
                 self._refuse,
-                callbackArgs=(request, started),
-                errbackArgs=(request,),
+                callbackArgs=(request, started, via),
+                errbackArgs=(request, via),
             )
         else:
-            self._start_session(result, request, started)
+            self._start_session(result, request, started, via)
 
-    def _refuse(self, failure: Failure, request: Request) -> None:
+    def _refuse(self, failure: Failure, request: Request, via) -> None:
         if _out_of_descriptors(failure.value):
             self._out_of_descriptors(request)
             return
@@ -425,16 +496,16 @@ class TFTPServer(DatagramProtocol):
         self._release(request.peer)
         self.stats.increment("outcome." + Outcome.REFUSED)
         self.stats.increment(f"errors.{code}")
-        self.reply_error(request.peer, request.local[0], code, message)
+        via.reply_error(request.peer, request.local[0], code, message)
 
     # -- sessions -----------------------------------------------------------
 
-    def _start_session(self, response, request: Request, started: float) -> None:
+    def _start_session(self, response, request: Request, started: float, via) -> None:
         if self._stopped:
             # A handler answered after the server stopped: no new port.
             self._close_quietly(response)
             self._release(request.peer)
-            self.reply_error(request.peer, request.local[0], 0, "Server shutting down")
+            via.reply_error(request.peer, request.local[0], 0, "Server shutting down")
             return
         settings = self.settings
         try:
@@ -444,7 +515,7 @@ class TFTPServer(DatagramProtocol):
             negotiated = negotiate(request.options, settings.limits, size)
         except Exception:
             self._close_quietly(response)
-            self._refuse(Failure(), request)
+            self._refuse(Failure(), request, via)
             return
         stats = SessionStats(
             peer=request.peer,
@@ -477,7 +548,10 @@ class TFTPServer(DatagramProtocol):
         self._unproven.add(session)
         self.stats.session_started()
         try:
-            self.network.open_transfer(session, request.local[0])
+            if via.shared:
+                via.port.open_transfer(session, request.local[0], request.peer)
+            else:
+                self.network.open_transfer(session, request.local[0])
         except Exception as error:
             reason = getattr(error, "socketError", error)
             if _out_of_descriptors(reason):
@@ -495,7 +569,7 @@ class TFTPServer(DatagramProtocol):
                     interval=DESCRIPTORS_LOG_INTERVAL,
                 )
             session.not_started("Server cannot open a port")
-            self.reply_error(request.peer, request.local[0], 0, stats.error_message)
+            via.reply_error(request.peer, request.local[0], 0, stats.error_message)
 
     def _out_of_descriptors(self, request: Request) -> None:
         """

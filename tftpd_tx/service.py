@@ -16,8 +16,9 @@ from .multiplexer import EpollNetwork, epoll_available
 from .policy import raise_descriptor_limit
 from .server import TFTPServer
 from .settings import Settings
+from .singleport import SinglePortNetwork
 from .stats import ServerStats
-from .transport import UDPNetwork
+from .transport import ISharedRequestPort, UDPNetwork
 
 __all__ = ["TFTPService", "default_network", "ipv6_available", "listening_address"]
 
@@ -43,24 +44,28 @@ def listening_address(interface: str) -> str:
     return interface or ("::" if ipv6_available() else "0.0.0.0")
 
 
-def default_network(reactor, linger=lambda: 0.0):
+def default_network(reactor, linger=lambda: 0.0, *, single_port: bool = False):
     """
     The best L{tftpd_tx.transport.INetwork} for C{reactor}: the epoll
     engine (a listener that answers from the address each request was sent
     to, transfers on one reactor reader) where the reactor and platform
-    allow, else ports from C{reactor.listenUDP}.
+    allow, else ports from C{reactor.listenUDP}; with C{single_port}, the
+    L{SinglePortNetwork} over it (every transfer on its request's port).
 
     @param linger: returns the C{linger} setting (see
         L{tftpd_tx.multiplexer.SessionMultiplexer}).
     """
     if epoll_available(reactor):
-        return EpollNetwork(reactor, linger)
-    return UDPNetwork(reactor)
+        network = EpollNetwork(reactor, linger)
+    else:
+        network = UDPNetwork(reactor)
+    return SinglePortNetwork(network, linger) if single_port else network
 
 
 class TFTPService(Service):
     """
-    Listen for TFTP requests on one UDP address and serve them with a handler.
+    Listen for TFTP requests on one UDP address (or on sockets bound by
+    someone else: systemd's) and serve them with a handler.
 
     The port is bound in C{privilegedStartService}, so C{twistd -u/-g} can
     drop privileges after binding port 69.  Stopping the service lets the
@@ -76,6 +81,13 @@ class TFTPService(Service):
     @param reactor: the reactor; the global one when omitted.
     @param network: the L{tftpd_tx.transport.INetwork} the ports come
         from; L{default_network} when omitted.
+    @param single_port: when C{network} is omitted, serve every transfer
+        from the port its request came in on (see L{tftpd_tx.singleport}).
+    @param sockets: datagram sockets already bound (by systemd's socket
+        activation, see L{tftpd_tx.systemd}) to listen on instead of
+        C{port} and C{interface}: one server serves them all, and answers
+        each request through the socket it came in on.  They are
+        duplicated at start; the caller may close its own.
     @param session_callback: see L{TFTPServer}.
     @param stats_callback: called with the L{ServerStats} every
         C{stats_interval} seconds while the service runs (it may call
@@ -87,7 +99,8 @@ class TFTPService(Service):
         once; for C{twistd}, where the first one started the stop.
 
     @ivar server: the L{TFTPServer} protocol.
-    @ivar port: the listening port once started, else L{None}.
+    @ivar ports: the listening ports once started.
+    @ivar port: the first of them once started, else L{None}.
     """
 
     _log = Logger()
@@ -105,6 +118,8 @@ class TFTPService(Service):
         stats_callback=None,
         stats_interval: float = 60.0,
         network=None,
+        single_port: bool = False,
+        sockets=(),
         stop_signals: bool = False,
     ) -> None:
         if reactor is None:
@@ -115,11 +130,14 @@ class TFTPService(Service):
         self._stats_loop = None
         self._port_number = port
         self._interface = listening_address(interface)
+        self._sockets = list(sockets)
         self._stop_signals = stop_signals
         self._stopping = None
         self._cut = False
         if network is None:
-            network = default_network(reactor, lambda: self.server.settings.linger)
+            network = default_network(
+                reactor, lambda: self.server.settings.linger, single_port=single_port
+            )
         self.server = TFTPServer(
             handler,
             settings,
@@ -129,15 +147,30 @@ class TFTPService(Service):
             network=network,
         )
         self.port = None
+        self.ports = []
 
     def privilegedStartService(self) -> None:
-        self.port = self.server.network.listen(
-            self._port_number, self.server, self._interface
-        )
-        host = self.port.getHost()
-        self._log.info(
-            "TFTP server listening on [{host}]:{port}", host=host.host, port=host.port
-        )
+        network, server = self.server.network, self.server
+        # The server is the first port's protocol itself (what is handed to
+        # its datagramReceived arrives there); each other port gets one of
+        # its listeners, which answer through their own port.
+        if self._sockets:
+            first, *others = self._sockets
+            self.ports = [network.adopt(first, server)] + [
+                network.adopt(skt, server.listener()) for skt in others
+            ]
+        else:
+            self.ports = [network.listen(self._port_number, server, self._interface)]
+        self.port = self.ports[0]
+        notes = ["a socket handed over"] if self._sockets else []
+        if ISharedRequestPort.providedBy(self.port):
+            notes.append("single-port mode")
+        for port in self.ports:
+            host = port.getHost()
+            self._log.info(
+                "TFTP server listening on [{host}]:{port}{notes}",
+                host=host.host, port=host.port, notes=f" ({', '.join(notes)})" if notes else "",
+            )  # fmt: skip
         self.server.descriptor_limit = raise_descriptor_limit()
         total, per_client = self.server.session_caps()
         self._log.info(
@@ -205,10 +238,8 @@ class TFTPService(Service):
 
     def _close_port(self, cut: bool):
         self._cut = cut
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        ports, self.ports, self.port = self.ports, [], None
+        return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
 
 
 class _GracefulStop:

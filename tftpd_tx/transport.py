@@ -11,11 +11,14 @@ ports through two interfaces, and get them from an L{INetwork}:
     waiting when asked.
   - L{INetwork}: where both come from, chosen once where the server is put
     together (L{tftpd_tx.service.TFTPService}) and handed to the server.
+  - L{ISharedRequestPort}: a request port whose transfers share its socket
+    (single-port mode): the server opens a request's transfer on the port
+    the request came in on, not from the network.
 
 Every way of moving datagrams implements them: the epoll engine of
-L{tftpd_tx.multiplexer}, L{UDPNetwork} over any reactor's C{listenUDP}, and
-the fakes of L{tftpd_tx.testing}; a transfer that shares the listener's
-socket is one more L{INetwork}.  A plain Twisted UDP port becomes either
+L{tftpd_tx.multiplexer}, L{UDPNetwork} over any reactor's C{listenUDP}, the
+single-port network of L{tftpd_tx.singleport} over either, and the fakes of
+L{tftpd_tx.testing}.  A plain Twisted UDP port becomes either
 kind of port by adaptation (C{ITransferPort(port)}), so a L{TFTPServer}
 given to C{reactor.listenUDP} by hand still works.
 """
@@ -29,6 +32,7 @@ from zope.interface import Attribute, Interface, implementer
 __all__ = [
     "INetwork",
     "IRequestPort",
+    "ISharedRequestPort",
     "ITransferPort",
     "UDPNetwork",
     "MAX_DATAGRAM",
@@ -105,6 +109,29 @@ class ITransferPort(Interface):
     def stopListening():
         """
         Close the port; the protocol is stopped at once.
+        """
+
+
+class ISharedRequestPort(IRequestPort):
+    """
+    A request port that carries its transfers too (single-port mode): every
+    datagram of a transfer leaves from the address and port its request was
+    sent to, and what the client sends back is told apart by the client's
+    address and port.  A request's transfer is opened here, on the port the
+    request came in on, rather than by the L{INetwork}.
+    """
+
+    transfers = Attribute(
+        "The live transfers' ports (L{ITransferPort}), by the C{(host, port)}"
+        " of their peer."
+    )
+
+    def open_transfer(protocol, interface, peer):
+        """
+        Start C{protocol} on a new L{ITransferPort} that sends through this
+        port's socket with C{interface} as the source address, and hands it
+        what C{peer} sends to this port (requests aside: they still reach
+        this port's own protocol), and return it.
         """
 
 
