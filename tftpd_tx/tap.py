@@ -9,6 +9,7 @@ import errno
 import importlib
 import os
 import socket
+import sys
 
 from twisted.application.service import MultiService
 from twisted.python import usage
@@ -17,6 +18,7 @@ from .endpoints import check_endpoint
 from .filesystem import FilesystemHandler
 from .settings import SCHEMA, Setting, Settings
 from .service import TFTPService, listening_address
+from .workers import worker_count
 
 #: The listening port, checked as the settings are (it is not one: it is
 #: where the server listens, not how it behaves).
@@ -107,6 +109,15 @@ class Options(usage.Options):
             "Address to listen on (IPv4 or IPv6). Default: every address, "
             "IPv4 and IPv6, on one dual-stack socket.",
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Serve with this many worker processes on the same address and "
+            "port (SO_REUSEPORT), under one supervisor that has the host's one "
+            "operations endpoint and manhole; 'auto': one per CPU.",
+            worker_count,
+        ],
         *[_parameter(row) for row in SCHEMA if row.kind is not bool],
         [
             "manhole",
@@ -180,6 +191,11 @@ class Options(usage.Options):
             "loopback (POST /drain and /resume stay loopback-only).",
         ],
     ]
+
+    def parseOptions(self, options=None) -> None:
+        # As given: each worker of --workers parses it too.
+        self.command_line = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         if self["handler"] is not None:
@@ -408,6 +424,12 @@ def makeService(options: Options) -> MultiService:
     given, and the SSH manhole (named C{"manhole"}) when C{--manhole} is.
     """
     settings = settings_from(options)
+    if options["workers"] > 1:
+        from twisted.internet import reactor
+
+        from .workers import host_service
+
+        return host_service(options, settings, reactor)
     top = MultiService()
     handler = options["handler"]
     if handler is None and options["origin"] is not None:
