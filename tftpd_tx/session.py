@@ -49,6 +49,8 @@ READ_AHEAD_INTERVAL = 0.01
 #: The least time a partial ACK of a window waits for the next ACK before
 #: it counts as a gap (see L{ReadSession._partial}).
 GAP_WAIT = 0.002
+#: How many gap waits a partial ACK of a single block waits.
+ONE_BLOCK_WAITS = 5
 
 #: Datagrams a transfer sends its peer before the peer has proven that it
 #: is at its address (by acknowledging anything): the first reply and one
@@ -317,7 +319,7 @@ class ReadSession(DatagramProtocol):
             return
         self._attempt = 0
         if remaining:
-            self._partial(remaining, now, fast)
+            self._partial(remaining, progress, now, fast)
             return
         # The whole flight arrived: the next window starts after it.
         self._gap_pending = False
@@ -326,10 +328,10 @@ class ReadSession(DatagramProtocol):
         self._advance(fast)
         self._arm(0, now)
 
-    def _partial(self, remaining: int, now: float, fast: bool) -> None:
+    def _partial(self, remaining: int, progress: int, now: float, fast: bool) -> None:
         """
-        An ACK inside the window: C{remaining} blocks sent after it are not
-        acknowledged yet.
+        An ACK inside the window, of C{progress} new blocks: C{remaining}
+        blocks sent after it are not acknowledged yet.
 
         RFC 7440 clients acknowledge the last block of a window, and the
         last in-order block when they see a gap: then the rest of the
@@ -342,6 +344,9 @@ class ReadSession(DatagramProtocol):
         moment shows a client that acknowledges every block, whose window
         slides from then on, new blocks topping it up; silence is a gap, and
         the timer resends the window from the first block not acknowledged.
+        An ACK of a single block waits longer (L{ONE_BLOCK_WAITS} gap
+        waits): it is what a client acknowledging every block sends, and a
+        gap right after one block is rare.
         """
         self._sent = remaining
         if self._per_block:
@@ -356,7 +361,8 @@ class ReadSession(DatagramProtocol):
             self._arm(0, now)
             return
         self._gap_pending = True
-        self._deadline = now + self._gap_wait()
+        wait = self._gap_wait()
+        self._deadline = now + (wait * ONE_BLOCK_WAITS if progress == 1 else wait)
         if self._timer is not None and self._timer_at > self._deadline:
             self._timer.reset(self._deadline - now)
             self._timer_at = self._deadline
@@ -595,6 +601,11 @@ class ReadSession(DatagramProtocol):
 
     def _timed_out(self, now: float) -> None:
         if self._gap_pending:
+            # Before calling it a gap, read what has arrived: on a busy host
+            # the client's next ACK may be waiting while its timer ran out.
+            self._port.read_pending()
+            if self.ended or not self._gap_pending:
+                return
             # No second partial ACK came: the window had a gap.
             self._resend_window(now)
             self._arm(self._attempt, now)
