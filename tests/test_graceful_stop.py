@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 
-import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from clients import make_directory, random_file
@@ -101,13 +100,6 @@ class GracefulStopTests(SynchronousTestCase):
         self.assertNotIn("Traceback", log)
         self.assertFalse(os.path.exists(self.disable_file))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="twistd's MultiService stops its children last-added first, so the "
-        "health keeper and the endpoint stop before the TFTP service has begun its "
-        "graceful stop: TFTPService.when_stopped() has then already fired, the "
-        "endpoint closes and the disable file goes at the first SIGTERM",
-    )
     def test_health_says_draining_during_the_drain(self):
         """
         Between SIGTERM and exit, C{/health} answers 200 "draining",

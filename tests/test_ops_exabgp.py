@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 
-import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from clients import make_directory, random_file
@@ -204,13 +203,6 @@ class HealthcheckTests(_Speakers):
         wait_for(lambda: len(_routes(speaker)) >= killed + 4, 10, "4 more checks")
         self.assertEqual(_changes(_routes(speaker)), [UP, DISABLED])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="at SIGTERM the endpoint closes and the disable file goes at once "
-        "(twistd stops the health keeper and the endpoint before the TFTP service): "
-        "the check fails during the drain, so the route gets the down metric, not "
-        "the disabled one",
-    )
     def test_sigterm_with_a_grace(self):
         """
         SIGTERM while a transfer runs (grace 10 s): the disabled metric
@@ -279,12 +271,6 @@ class ContribProcessTests(_Speakers):
         self.assertEqual(speaker.wait(5), 0)
         self.assertEqual(_routes(speaker), [UP, WITHDRAWN])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="at SIGTERM the endpoint closes at once (twistd stops it before the "
-        "TFTP service's graceful stop begins), so /health gives no answer during "
-        "the drain and the route is withdrawn instead of de-preferred",
-    )
     def test_server_sigterm_with_a_grace(self):
         """
         SIGTERM to the server while a transfer runs (grace 10 s): the

@@ -11,7 +11,6 @@ import json
 import os
 import urllib.parse
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -136,13 +135,6 @@ class PrometheusTests(SynchronousTestCase):
         self.assertEqual(value("tftpd_transfers_active"), 0)
         self.assertGreater(value("process_open_fds"), 0)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a request the handler refuses (file not found) is counted twice in "
-        "tftpd_requests_total: under result=accepted (server.py counts requests.accepted "
-        "before asking the handler) and under result=refused (metrics.REQUEST_RESULTS "
-        "adds outcome.refused)",
-    )
     def test_request_results_partition_the_requests(self):
         """
         C{tftpd_requests_total}'s results are what became of each request,

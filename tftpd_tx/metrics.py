@@ -31,7 +31,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: of the server counters named.
 REQUEST_RESULTS = {
     "accepted": ("requests.accepted",),
-    "refused": ("outcome.refused", "requests.bad_mode", "requests.write", "requests.denied"),
+    # Accepted: a transfer started.  Refused: an ERROR instead (the mode,
+    # a write request, the handler), or denied by allow_request.
+    "refused": ("requests.refused", "requests.bad_mode", "requests.write", "requests.denied"),
     "duplicate": ("requests.duplicate",),
     "draining": ("requests.drained",),
     "over_cap": (

@@ -121,6 +121,12 @@ class OpsResource(Resource):
         self.putChild(b"drain", _Control(operator.drain, "drain"))
         self.putChild(b"resume", _Control(operator.resume, "resume"))
 
+    def getChild(self, name, request):
+        # "/" itself: the index below.
+        if name == b"":
+            return self
+        return super().getChild(name, request)
+
     def render_GET(self, request):
         return _json(
             request, 200, {"paths": ["/metrics", "/health", "/ready", "/drain", "/resume"]}

@@ -368,7 +368,6 @@ class TFTPServer(DatagramProtocol):
         if not self.allow_request(request):
             stats.increment("requests.denied")
             return
-        stats.increment("requests.accepted")
         self._busy_peers[peer] = None
         self._in_progress.add(peer[0])
         self._ask_handler(request, self._reactor.seconds(), via)
@@ -494,6 +493,7 @@ class TFTPServer(DatagramProtocol):
                 peer=request.peer,
             )
         self._release(request.peer)
+        self.stats.increment("requests.refused")
         self.stats.increment("outcome." + Outcome.REFUSED)
         self.stats.increment(f"errors.{code}")
         via.reply_error(request.peer, request.local[0], code, message)
@@ -517,6 +517,7 @@ class TFTPServer(DatagramProtocol):
             self._close_quietly(response)
             self._refuse(Failure(), request, via)
             return
+        self.stats.increment("requests.accepted")
         stats = SessionStats(
             peer=request.peer,
             server_addr=request.local,

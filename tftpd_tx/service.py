@@ -133,6 +133,7 @@ class TFTPService(Service):
         self._sockets = list(sockets)
         self._stop_signals = stop_signals
         self._stopping = None
+        self._stop_waiters: list[defer.Deferred] = []
         self._cut = False
         if network is None:
             network = default_network(
@@ -211,23 +212,30 @@ class TFTPService(Service):
                 self.server, self._reactor, self.server.settings.shutdown_grace,
                 self._close_port, signals=self._stop_signals,
             ).start()  # fmt: skip
+            self._stopping.addBoth(self._fire_stop_waiters)
         return self._stopping
 
     def when_stopped(self) -> defer.Deferred:
         """
         A Deferred that fires once the service has stopped (at once if it
-        is not stopping): what the services that report on it wait for.
+        is not running): what the services that report on it wait for.
+        They may be asked to stop first (a L{MultiService} stops its
+        children last-added first), so a running service answers with a
+        Deferred that its own stop fires later.
         """
-        if self._stopping is None:
+        if self._stopping is None and not self.running:
             return defer.succeed(None)
         waiter = defer.Deferred()
-
-        def relay(result):
-            waiter.callback(None)
-            return result
-
-        self._stopping.addBoth(relay)
+        self._stop_waiters.append(waiter)
+        if self._stopping is not None and self._stopping.called:
+            self._fire_stop_waiters(None)
         return waiter
+
+    def _fire_stop_waiters(self, result):
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        return result
 
     @property
     def cut(self) -> bool:
@@ -274,6 +282,8 @@ class _GracefulStop:
         if not self._in_flight or not self._grace:
             self._finish(cut_by="")
             return self._done
+        if self._signals:
+            self._install_signals()
         server.drain()
         self._log.info(
             "Stopping: {count} transfers in flight, waiting up to {grace:g}s for them"
@@ -283,8 +293,6 @@ class _GracefulStop:
         )
         self._deadline = self._reactor.callLater(self._grace, self._finish, "the grace deadline")
         self._poll = self._reactor.callLater(self.POLL, self._check)
-        if self._signals:
-            self._install_signals()
         return self._done
 
     def _install_signals(self) -> None:
