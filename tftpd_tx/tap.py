@@ -4,6 +4,13 @@ C{twistd tftp}: command-line options and the service they make.
 
 from __future__ import annotations
 
+# First: systemd's LISTEN_FDS must be read before anything imports
+# twisted.internet.endpoints, which takes it (see tftpd_tx.systemd).
+from . import systemd
+
+#: The descriptors systemd handed this process, for --systemd.
+_ACTIVATED_FDS = systemd.listen_fds()
+
 import functools
 import errno
 import importlib
@@ -180,6 +187,12 @@ class Options(usage.Options):
             "behind per-flow ECMP).",
         ],
         [
+            "systemd",
+            None,
+            "Serve the datagram sockets systemd's socket activation hands "
+            "over (LISTEN_FDS) instead of binding --port and --interface.",
+        ],
+        [
             "manhole-allow-remote",
             None,
             "Let the manhole listen on an address that is not loopback.",
@@ -213,7 +226,11 @@ class Options(usage.Options):
                     f"--interface {interface!r} is not an IP address: give an "
                     "IPv4 or IPv6 address, or leave it out to listen on every address"
                 )
-        self._check_bindable()
+        if self["systemd"]:
+            self["sockets"] = self._activated_sockets()
+        else:
+            self["sockets"] = []
+            self._check_bindable()
         if self["manhole"] is not None:
             self._check_manhole()
         if self["ops"] is not None:
@@ -228,6 +245,22 @@ class Options(usage.Options):
                     f"--disable-file {self['disable-file']!r}: its directory "
                     f"{directory!r} does not exist; create it or choose another path"
                 )
+
+    def _activated_sockets(self) -> list:
+        """
+        The sockets systemd handed over, for C{--systemd}.
+        """
+        if not _ACTIVATED_FDS:
+            raise usage.UsageError(
+                "--systemd: systemd handed over no sockets (LISTEN_FDS and "
+                "LISTEN_PID are not set for this process): start it from a "
+                "socket unit (see contrib/systemd) or with systemd-socket-activate "
+                "--datagram, or leave --systemd out to bind --port"
+            )
+        try:
+            return systemd.datagram_sockets(_ACTIVATED_FDS)
+        except ValueError as error:
+            raise usage.UsageError(f"--systemd: {error}") from None
 
     def _check_bindable(self) -> None:
         """
@@ -441,6 +474,7 @@ def makeService(options: Options) -> MultiService:
         interface=options["interface"],
         settings=settings,
         single_port=options["single-port"],
+        sockets=options["sockets"],
         stop_signals=True,
     )
     tftp.setName("tftp")
