@@ -53,19 +53,28 @@ class RoundTrip:
         self._set_rto()
 
     def _set_rto(self) -> None:
-        self.rto = min(max(self.srtt + 4 * self.rttvar, self.floor), self.ceiling)
+        rto = self.srtt + 4 * self.rttvar
+        self.rto = self.floor if rto < self.floor else min(rto, self.ceiling)
 
     def sample(self, measured: float) -> None:
         """
         Take the round trip of a block sent once and acknowledged (RFC 6298
-        section 2).
+        section 2).  Every ACK of a lock-step transfer is one: kept to a
+        few operations.
         """
-        if self.srtt is None:
+        srtt = self.srtt
+        if srtt is None:
             self._first(measured)
             return
-        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - measured)
-        self.srtt = 0.875 * self.srtt + 0.125 * measured
-        self._set_rto()
+        difference = srtt - measured
+        self.rttvar = rttvar = 0.75 * self.rttvar + 0.25 * (
+            difference if difference > 0 else -difference
+        )
+        self.srtt = srtt = 0.875 * srtt + 0.125 * measured
+        rto = srtt + 4 * rttvar
+        self.rto = self.floor if rto < self.floor else (
+            rto if rto < self.ceiling else self.ceiling
+        )
 
     def backed_off(self, attempt: int) -> float:
         """

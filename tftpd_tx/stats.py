@@ -186,10 +186,11 @@ class ServerStats:
             # The client was there and went away mid-transfer: on an anycast
             # address, the sign that its path moved to another server.
             counters["transfers.abandoned"] += 1
-        if session.duration is not None:
-            self.durations.observe(session.duration)
-        if session.handler_latency is not None:
-            self.first_packet.observe(session.handler_latency)
+        start = session.start_time
+        if session.end_time is not None:
+            self.durations.observe(session.end_time - start)
+        if session.first_data_time is not None:
+            self.first_packet.observe(session.first_data_time - start)
 
     def get_and_reset_all_counters(self) -> dict[str, int]:
         """
