@@ -43,7 +43,7 @@ from tftpd_tx import FilesystemHandler, TFTPServer, TFTPService, wire
 from tftpd_tx.multiplexer import EpollNetwork, epoll_available
 from tftpd_tx.options import Limits
 from tftpd_tx.settings import Settings
-from tftpd_tx.singleport import SharedPort, SinglePortNetwork
+from tftpd_tx.singleport import SHARED_BUFFER, SharedPort, SinglePortNetwork
 from tftpd_tx.stats import Outcome
 from tftpd_tx.testing import FakeUDPReactor, MemoryHandler
 from tftpd_tx.transport import INetwork, ISharedRequestPort, ITransferPort, UDPNetwork
@@ -746,3 +746,21 @@ class SharedWindowTests(TestCase):
         in the same C{sendmsg}.
         """
         self.assertEqual(self.check("0.0.0.0"), ["sendmsg"])
+
+    def test_buffers_for_every_transfer(self):
+        """
+        The listening socket, which every transfer's blocks and ACKs go
+        through, has its send and receive buffers widened to
+        L{SHARED_BUFFER}, as far as the kernel grants (Linux doubles what
+        is set, for its bookkeeping).
+        """
+        shared, _, _ = self.open("127.0.0.1")
+        skt = shared.transport.socket
+        for option, limit in ((socket.SO_SNDBUF, "wmem_max"), (socket.SO_RCVBUF, "rmem_max")):
+            try:
+                with open(f"/proc/sys/net/core/{limit}") as sysctl:
+                    most = int(sysctl.read())
+            except OSError:
+                raise SkipTest("no /proc/sys/net/core here")
+            granted = skt.getsockopt(socket.SOL_SOCKET, option)
+            self.assertEqual(granted, 2 * min(SHARED_BUFFER, most), limit)

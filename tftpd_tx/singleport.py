@@ -51,6 +51,13 @@ __all__ = ["SinglePortNetwork", "SharedPort"]
 #: even from a peer with a transfer, so that the duplicate rule sees them.
 _REQUESTS = frozenset({b"\0\1", b"\0\2"})
 
+#: The send and receive buffers a listening socket asks for when every
+#: transfer goes through it: what hundreds of transfers had, a socket each,
+#: in classic mode.  The kernel grants up to C{net.core.wmem_max} and
+#: C{rmem_max} (a socket unit's C{SendBuffer=} and C{ReceiveBuffer=} are not
+#: bound by them); a socket that has more keeps it.
+SHARED_BUFFER = 4 * 1024 * 1024
+
 
 class ISocketSender(Interface):
     """
@@ -86,11 +93,19 @@ class _ListenerSocketSender:
     to one address, C{sendmsg} with the source address on a wildcard one,
     and a window of equal-sized datagrams as one C{sendmsg} with a
     C{UDP_SEGMENT} control message too (until the kernel refuses it once).
+    The socket's buffers are widened to L{SHARED_BUFFER} first: with the
+    default ones, a few hundred transfers' blocks and ACKs at once overflow
+    them, and each datagram lost so costs its transfer a timeout.
     """
 
     def __init__(self, port: PacketInfoPort) -> None:
         self._port = port
         self._segmenting = _UDP_SEGMENT is not None
+        skt = port.socket
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            # Linux reports twice what was set (its bookkeeping included).
+            if skt.getsockopt(socket.SOL_SOCKET, option) < 2 * SHARED_BUFFER:
+                skt.setsockopt(socket.SOL_SOCKET, option, SHARED_BUFFER)
 
     def route(self, addr, source):
         port = self._port
