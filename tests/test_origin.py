@@ -313,6 +313,25 @@ class BackpressureTests(SynchronousTestCase):
         reader.read(2048)
         self.assertFalse(body.transport.paused)
 
+    def test_kept_bodies_are_not_paused(self):
+        """
+        A body going into the cache is downloaded at the origin's pace:
+        the entry completes, and a pause cannot outlast the origin's
+        patience.
+        """
+        from origins import FakeResponse
+
+        h = Harness(self, cache_bytes=10**6, ahead=10)
+        d = h.ask()
+        body = FakeResponse(200, {"ETag": '"1"'}, length=1000)
+        h.agent.requests[0].answer.callback(body)
+        reader = result_of(d)
+        body.write(b"x" * 1000)
+        self.assertFalse(body.transport.paused)
+        body.finish()
+        self.assertEqual(len(h.cache), 1)
+        self.assertEqual(read_all(reader), b"x" * 1000)
+
     def test_not_idle_while_paused(self):
         """
         The idle timeout does not run while the download is paused for a

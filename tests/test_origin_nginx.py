@@ -331,12 +331,15 @@ class TwistdTests(OriginTestCase):
             stderr=subprocess.DEVNULL,
         )
         self.addCleanup(stop_process, process)
-        for _ in range(100):
-            fetched = await self.curl_fetch(port, "local.txt")
+        deadline = reactor.seconds() + 30
+        while reactor.seconds() < deadline:
+            fetched = await fetch(
+                curl("--max-time", "2"), "127.0.0.1", port, "local.txt", self.directory
+            )
             if fetched.result.code == 0:
                 return port
             await deferLater(reactor, 0.1, lambda: None)
-        self.fail(f"twistd {arguments(port)} did not start serving")
+        self.fail(f"twistd {arguments(port)} did not start serving in 30 s")
 
     def files(self):
         root = os.path.join(self.directory, "root")

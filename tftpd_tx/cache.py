@@ -213,6 +213,7 @@ class DiskCache:
     downloaded and is emptied when the store is opened.
 
     @ivar total: the bytes of all bodies kept.
+    @ivar tmp_dir: where bodies being downloaded are written.
     """
 
     def __init__(self, directory: str, max_bytes: int) -> None:

@@ -544,7 +544,12 @@ class _Flight:
             fd = _anonymous_file(handler.spool_dir)
         self.spool = Spool(fd, size, on_abandoned=self._abandoned, ahead=handler.ahead)
         self._body = _Body(self, handler.reactor, handler.timeout)
-        self.spool.producer = self._body
+        if self._temporary is None:
+            # A body that is kept comes at the origin's pace, so the entry
+            # is complete soon and no pause outlasts the origin's patience
+            # (nginx's send_timeout is 60 s); one that is not kept waits
+            # for the transfers reading it.
+            self.spool.producer = self._body
         waiters = self._take_waiters()
         if not shared:
             self._done()
@@ -639,8 +644,10 @@ class OriginHandler:
         certificate, instead of the system's; TLS is always verified.
     @param agent: the C{IAgent} to ask with, instead of one made by
         L{make_agent} (for tests).
-    @param ahead: how far a download may run ahead of its fastest reader
-        (see L{tftpd_tx.spool.DEFAULT_AHEAD}).
+    @param ahead: how far a download that is not kept (no cache,
+        C{private}, C{no-store}) may run ahead of its fastest reader before
+        it is paused (see L{tftpd_tx.spool.DEFAULT_AHEAD}); a body being
+        kept is downloaded at the origin's pace.
     @param heuristic_lifetime: seconds an answer with a validator but no
         freshness information is fresh (see
         L{tftpd_tx.cache.HEURISTIC_LIFETIME}); 0 revalidates it before

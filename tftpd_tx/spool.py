@@ -29,8 +29,10 @@ from .content import ResponseData
 __all__ = ["Spool", "SpoolReader", "DEFAULT_AHEAD"]
 
 #: How far the body may run ahead of its fastest reader before the download
-#: is paused, in bytes.
-DEFAULT_AHEAD = 8 * 1024 * 1024
+#: is paused, in bytes: large enough that small files never pause, since a
+#: paused origin connection may be closed by the origin (nginx's
+#: send_timeout is 60 s) when the readers are slow.
+DEFAULT_AHEAD = 64 * 1024 * 1024
 
 
 class Spool:
@@ -199,7 +201,12 @@ class SpoolReader(ResponseData):
 
     def read(self, n: int):
         spool = self._spool
-        if spool.complete or spool.written - self.offset >= n:
+        if spool.complete:
+            # The common case (a cache hit, or a body already in): one pread.
+            data = os.pread(spool._fd, n, self.offset)
+            self.offset += len(data)
+            return data
+        if spool.written - self.offset >= n:
             return self._take(n)
         if spool.error is not None:
             raise spool.error
