@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -148,7 +149,7 @@ class Lab:
         self.root_files = root_files
         self.single_port = single_port
         self.meds = meds or {1: (100, 500), 2: (200, 600)}
-        tag = f"tl{os.getpid() % 100000}"
+        tag = f"tl{os.getpid()}"
         self.ns = {name: f"{tag}-{name}" for name in ("client", "router", "s1", "s2")}
         self._tag = tag
         self.processes: list[Process] = []
@@ -187,6 +188,7 @@ class Lab:
 
     def _make_network(self) -> None:
         t, ns = self._tag, self.ns
+        _delete_abandoned_namespaces()
         try:
             run(["ip", "netns", "add", ns["client"]])
         except subprocess.CalledProcessError as error:
@@ -392,6 +394,21 @@ neighbor {ROUTER_ADDRESS} {{
         lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
         summary = next(line for line in lines if line.get("summary"))
         return [line for line in lines if not line.get("summary")], summary
+
+
+def _delete_abandoned_namespaces() -> None:
+    """
+    Delete the namespaces of lab runs that were killed before they could
+    (named C{tl<pid>-...} for a pid that no longer runs).
+    """
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return
+    for name in names:
+        match = re.fullmatch(r"tl(\d+)-(client|router|s1|s2)", name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 def run(argv, timeout: float = 30.0) -> str:
