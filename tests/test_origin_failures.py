@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from clients import make_directory, read_raw, rrq
-from failing_origin import BIG, SIZE, body
+from failing_origin import BIG, body
 from origins import FailingOrigin
 from test_origin_nginx import serve
 from tftpd_tx.cache import DiskCache
