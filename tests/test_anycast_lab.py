@@ -159,7 +159,7 @@ class DrainTests(_LabTests):
         lab = self.lab
         lab.wait_for_hops([S1])
         self.both_routes()
-        loop = lab.client("--file", "whoami.txt", "--duration", "10", "--pause", "0.05",
+        loop = lab.client("--file", "whoami-64k.txt", "--duration", "10", "--pause", "0.05",
                           "--parallel", "4")  # fmt: skip
         time.sleep(2)
         if large:
@@ -230,7 +230,7 @@ class CrashTests(_LabTests):
         lab = self.lab
         lab.wait_for_hops([S1])
         self.both_routes()
-        loop = lab.client("--file", "whoami.txt", "--duration", "12", "--pause", "0.05",
+        loop = lab.client("--file", "whoami-64k.txt", "--duration", "12", "--pause", "0.05",
                           "--parallel", "4")  # fmt: skip
         time.sleep(2)
         large, target = self.start_large()

@@ -141,8 +141,9 @@ class Lab:
     def __init__(self, root_files: dict[str, bytes], single_port: bool = False,
                  meds: dict[int, tuple[int, int]] | None = None) -> None:  # fmt: skip
         """
-        @param root_files: the files both servers serve (C{whoami.txt} is
-            added per server: its payload starts with C{s1} or C{s2}).
+        @param root_files: the files both servers serve (C{whoami.txt}, 4
+            KiB, and C{whoami-64k.txt} are added per server: their payload
+            starts with C{s1} or C{s2}).
         @param meds: the server number's C{(up, disabled)} MEDs; equal up
             MEDs make the router spread by flow (ECMP).
         """
@@ -264,8 +265,9 @@ class Lab:
                     with open(shared, "wb") as out:
                         out.write(content)
                 os.link(shared, os.path.join(root, name))
-            with open(os.path.join(root, "whoami.txt"), "wb") as out:
-                out.write((f"s{number}\n" + "x" * 4000 + "\n").encode())
+            for name, size in (("whoami.txt", 4000), ("whoami-64k.txt", 65536)):
+                with open(os.path.join(root, name), "wb") as out:
+                    out.write((f"s{number}\n" + "x" * size + "\n").encode())
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *filter(None, [env.get("PYTHONPATH")])])
         argv = [
