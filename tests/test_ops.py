@@ -167,3 +167,40 @@ class JSONLogTests(SynchronousTestCase):
         self.assertEqual((first["peer"], first["session_id"]), (["192.0.2.1", 4000], 7))
         self.assertIn("ZeroDivisionError", lines[1]["traceback"])
         self.assertNotIn("log_format", first)
+
+
+class OriginReportingTests(SynchronousTestCase):
+    """
+    With --origin, /metrics has the origin's figures and /health degrades
+    while it fails.
+    """
+
+    def test_origin_metrics_and_health(self):
+        """
+        The origin's counters appear as tftpd_origin_* families, and its
+        failing makes a reason for the health grade.
+        """
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from tftpd_tx.origin import OriginHandler
+        from tftpd_tx.tap import _origin_reporting
+
+        origin = OriginHandler("http://127.0.0.1:9/boot/", reactor)
+        origin.stats.hits = 3
+        checks, collectors = _origin_reporting(origin)
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in collectors:
+            registry.register(collector)
+        text = generate_latest(registry).decode()
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        self.assertEqual(samples[("tftpd_origin_requests_total", (("result", "hit"),))], 3)
+        self.assertEqual(samples[("tftpd_origin_failing", ())], 0)
+        (check,) = checks
+        self.assertIsNone(check())
+        origin.failing = True
+        self.assertEqual(check(), "origin failing")
+        self.assertEqual(_origin_reporting(object()), ([], []))

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 
 from . import health
 
-__all__ = ["CONTENT_TYPE", "ServerCollector", "make_registry", "render"]
+__all__ = ["CONTENT_TYPE", "OriginCollector", "ServerCollector", "make_registry", "render"]
 
 #: What a scrape's answer is.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -139,6 +139,49 @@ class ServerCollector:
                 "How late the reactor ran a timer.",
                 self._lag.histogram,
             )
+
+
+class OriginCollector:
+    """
+    The metrics of an L{tftpd_tx.origin.OriginHandler}, from its
+    L{tftpd_tx.origin.OriginStats} at each scrape.
+    """
+
+    def __init__(self, origin) -> None:
+        self._origin = origin
+
+    def collect(self):
+        stats = self._origin.stats
+        results = CounterMetricFamily(
+            "tftpd_origin_requests",
+            "TFTP requests answered from the origin, by how.",
+            labels=["result"],
+        )
+        for result, count in stats.results().items():
+            results.add_metric([result], count)
+        yield results
+        for name, documentation, value in (
+            ("tftpd_origin_gets", "GET requests sent to the origin.", stats.origin_requests),
+            ("tftpd_origin_errors", "Origin failures: 5xx, timeouts, refused, cut short.",
+             stats.errors),
+            ("tftpd_origin_bytes", "Body bytes received from the origin.",
+             stats.bytes_from_origin),
+            ("tftpd_origin_cache_bytes_served", "Bytes transfers read from the cache.",
+             stats.bytes_from_cache),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, documentation, value=value)
+        yield HistogramMetricFamily(
+            "tftpd_origin_latency_seconds",
+            "How long the origin took to answer (headers).",
+            buckets=[
+                ("+Inf" if bound == float("inf") else repr(float(bound)), count)
+                for bound, count in stats.latency_buckets.items()
+            ],
+            sum_value=stats.latency_sum,
+        )
+        yield GaugeMetricFamily(
+            "tftpd_origin_failing", "1 while the origin fails.", value=int(self._origin.failing)
+        )
 
 
 def make_registry(collector: ServerCollector) -> CollectorRegistry:

@@ -449,6 +449,26 @@ def _origin_handler(options: Options):
     return LocalFirst(FilesystemHandler(options["origin-root"]), origin)
 
 
+def _origin_reporting(handler) -> tuple[list, list]:
+    """
+    For a handler serving from an origin (C{--origin}, behind the root or
+    not): a health check that degrades the server while the origin fails,
+    and the origin's metrics; nothing for any other handler.
+    """
+    from .origin import LocalFirst, OriginHandler
+
+    if isinstance(handler, LocalFirst):
+        handler = handler.fallback
+    if not isinstance(handler, OriginHandler):
+        return [], []
+    from .metrics import OriginCollector
+
+    def origin_failing():
+        return "origin failing" if handler.failing else None
+
+    return [origin_failing], [OriginCollector(handler)]
+
+
 def makeService(options: Options) -> MultiService:
     """
     The TFTP listener (named C{"tftp"}), in a L{MultiService} with the
@@ -484,12 +504,15 @@ def makeService(options: Options) -> MultiService:
 
         from .ops import operations_services
 
+        checks, collectors = _origin_reporting(handler)
         for service in operations_services(
             tftp,
             reactor,
             endpoint=options["ops"],
             canary=options["health-canary"],
             disable_file=options["disable-file"],
+            checks=checks,
+            collectors=collectors,
         ):
             service.setServiceParent(top)
     if options["manhole"] is not None:
