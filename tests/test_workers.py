@@ -110,6 +110,17 @@ class WorkerCountTests(SynchronousTestCase):
                 options.parseOptions(["--workers", text, "--root", "/"])
             self.assertIn("workers", str(caught.exception))
 
+    def test_not_with_systemd(self):
+        """
+        C{--systemd} hands over one socket, bound by systemd; the workers
+        need one each, bound by the supervisor: the two are refused
+        together, naming both.
+        """
+        options = Options()
+        with self.assertRaises(usage.UsageError) as caught:
+            options.parseOptions(["--workers", "2", "--systemd", "--root", "/"])
+        self.assertIn("--workers with --systemd", str(caught.exception))
+
     def test_default(self):
         """
         One worker is today's single process: C{makeService} makes a plain
@@ -928,6 +939,21 @@ class TwistdWorkersTests(TestCase):
         await host.wait_for_metric(*completed(30))
         metrics = await host.metrics()
         self.assertEqual(metrics[("tftpd_workers", ())], 2)
+
+    async def test_single_port_on_both_workers(self):
+        """
+        With C{--single-port}, every reply of every transfer comes from the
+        host's address and port, whichever worker serves it, and both do:
+        the hash keeps all of a client's datagrams on its worker.
+        """
+        host = Host(self, self.root, "--single-port")
+        await host.ready()
+        fetched = await gatherResults([read_raw(host.address, rrq("file")) for _ in range(20)])
+        for transfer in fetched:
+            self.assertIsNone(bytes_problem(transfer.content, self.content))
+            self.assertEqual(transfer.sources, {host.address})
+        await wait_until(lambda: sum(host.served().values()) == 20, 10, "20 lines logged")
+        self.assertEqual(set(host.served()), {1, 2}, host.served())
 
     async def test_metrics_sum_the_workers(self):
         """

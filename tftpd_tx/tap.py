@@ -226,6 +226,13 @@ class Options(usage.Options):
                     f"--interface {interface!r} is not an IP address: give an "
                     "IPv4 or IPv6 address, or leave it out to listen on every address"
                 )
+        if self["systemd"] and self["workers"] > 1:
+            raise usage.UsageError(
+                "--workers with --systemd: each worker needs a socket of its own, "
+                "which the supervisor binds with SO_REUSEPORT before it drops "
+                "privileges; start twistd as root with -u/-g instead of from the "
+                "socket unit, or leave --workers out"
+            )
         if self["systemd"]:
             self["sockets"] = self._activated_sockets()
         else:

@@ -8,8 +8,8 @@ with a bound listening socket on descriptor 4 and its end of the control
 channel on descriptor 3.  OPTIONS are C{twistd tftp}'s own, less those that
 belong to the supervisor (L{tftpd_tx.workers.worker_command_line}): the
 worker parses them as C{twistd tftp} does and makes the same service with
-L{tftpd_tx.tap.makeService}, which then serves on the socket it was given
-instead of binding one (L{AdoptingNetwork}).
+L{tftpd_tx.tap.makeService}, given the socket to serve instead of a port to
+bind (as the sockets of C{--systemd} are given).
 
 A worker follows its supervisor.  It answers the commands of
 L{tftpd_tx.control} (L{WorkerControl}); it ignores a SIGTERM or SIGINT of
@@ -40,10 +40,8 @@ from zope.interface import implementer
 from . import control
 from .health import Health, ReactorLag
 from .operator import Operator
-from .transport import INetwork
 
 __all__ = [
-    "AdoptingNetwork",
     "JSONEventLines",
     "Worker",
     "WorkerControl",
@@ -54,34 +52,6 @@ __all__ = [
 
 #: Flapping prefixes a worker reports at most.
 FLAPS_REPORTED = 100
-
-
-@implementer(INetwork)
-class AdoptingNetwork:
-    """
-    An L{INetwork} whose listener is a socket bound elsewhere (the
-    supervisor's): C{listen} adopts it, whatever port it is asked for;
-    everything else is C{network}'s.
-
-    @param network: the L{INetwork} the service chose.
-    @param socket: the bound datagram socket.
-    """
-
-    def __init__(self, network, socket: socket.socket) -> None:
-        self._network = network
-        self._socket = socket
-        self.reactor = network.reactor
-
-    def listen(self, port: int, protocol, interface: str):
-        listener = self._network.adopt(self._socket, protocol)
-        self._socket.close()
-        return listener
-
-    def adopt(self, socket, protocol):
-        return self._network.adopt(socket, protocol)
-
-    def open_transfer(self, protocol, interface: str):
-        return self._network.open_transfer(protocol, interface)
 
 
 def _histogram(histogram) -> dict:
@@ -362,10 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     except usage.UsageError as error:
         log.critical("Worker {worker} cannot start: {error}", worker=arguments.index, error=error)
         sys.exit(2)
+    # Serve the socket given, not --port (0 here: see worker_command_line).
+    options["sockets"] = [socket.socket(fileno=arguments.socket_fd)]
     top = tap.makeService(options)
     worker = Worker(top, reactor)
-    server = worker.tftp.server
-    server.network = AdoptingNetwork(server.network, socket.socket(fileno=arguments.socket_fd))
     reactor.callWhenRunning(worker.run, socket.socket(fileno=arguments.control_fd))
     reactor.run()
     sys.exit(worker.exit_code)
