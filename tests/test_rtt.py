@@ -50,11 +50,25 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_backoff(self):
         """
-        Each expiry doubles the wait, up to the ceiling.
+        Each expiry doubles the RTO, up to the ceiling.
         """
         rtt = RoundTrip(1.0, floor=0.05, ceiling=8.0, seed=0.1)
-        self.assertEqual([round(rtt.backed_off(n), 3) for n in range(6)],
-                         [0.3, 0.6, 1.2, 2.4, 4.8, 8.0])  # fmt: skip
+        waits = []
+        for _ in range(6):
+            waits.append(round(rtt.rto, 3))
+            rtt.expired()
+        self.assertEqual(waits, [0.3, 0.6, 1.2, 2.4, 4.8, 8.0])
+
+    def test_backoff_lasts_until_a_sample(self):
+        """
+        The doubled RTO stays until a block sent once is acknowledged
+        (Karn): a spurious timeout does not repeat on every window.
+        """
+        rtt = RoundTrip(1.0, floor=0.05, ceiling=8.0, seed=0.01)
+        rtt.expired()
+        self.assertEqual(rtt.rto, 0.1)
+        rtt.sample(0.06)
+        self.assertGreater(rtt.rto, 0.05)
 
     def test_memory(self):
         """

@@ -76,12 +76,14 @@ class RoundTrip:
             rto if rto < self.ceiling else self.ceiling
         )
 
-    def backed_off(self, attempt: int) -> float:
+    def expired(self) -> None:
         """
-        The wait after the C{attempt}-th sending of the same blocks: the RTO
-        doubled on each expiry (RFC 6298 section 5.5), within the ceiling.
+        The timer ran out: double the RTO, within the ceiling (RFC 6298
+        section 5.5).  It stays doubled until a sample of a block sent once
+        sets it again (Karn's rule): after a spurious timeout the next
+        window is not timed out as early again.
         """
-        return min(self.rto * (1 << min(attempt, 16)), self.ceiling)
+        self.rto = min(self.rto * 2, self.ceiling)
 
 
 class RoundTripMemory:

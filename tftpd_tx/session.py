@@ -560,12 +560,13 @@ class ReadSession(DatagramProtocol):
     def _wait(self, attempt: int) -> float:
         """
         How long to wait for progress after the C{attempt}-th sending of
-        the same packets: the round trip's RTO, backed off, once the peer
-        has proven its address and when the client did not negotiate a
-        timeout; the schedule's wait otherwise.
+        the same packets: the round trip's RTO (doubled on each expiry, see
+        L{RoundTrip.expired}) once the peer has proven its address and when
+        the client did not negotiate a timeout; the schedule's wait
+        otherwise.
         """
         if self._rtt is not None and self._proven:
-            return self._rtt.backed_off(attempt)
+            return self._rtt.rto
         return self._schedule[attempt]
 
     def _arm(self, attempt: int, now: float) -> None:
@@ -620,6 +621,8 @@ class ReadSession(DatagramProtocol):
         if given_up:
             self._end(Outcome.TIMEOUT)
             return
+        if self._rtt is not None and self._proven:
+            self._rtt.expired()
         self._flight_clean = False
         if self._oack is not None:
             self._send([self._oack])
