@@ -296,6 +296,9 @@ class ReadSession(DatagramProtocol):
             progress = 0
             remaining = 0
         else:
+            if number == 0 and self._rollover:
+                # After 65535 comes 1: no block is numbered 0 on the wire.
+                return
             # A wire number is congruent to its block count modulo the wrap.
             progress = (number - self._acked) % self._modulus
             if not 0 < progress <= self._sent:
@@ -625,8 +628,7 @@ class ReadSession(DatagramProtocol):
             self._rtt.expired()
         self._flight_clean = False
         if self._oack is not None:
-            self._send([self._oack])
-            self.stats.retransmits += 1
+            self.stats.retransmits += self._send([self._oack])
         elif self._window == 1:
             # Everything on the wire and not acknowledged goes again.  While
             # a read is pending there may be nothing to resend: the wait
