@@ -525,17 +525,27 @@ def makeService(options: Options) -> MultiService:
     if options["manhole"] is not None:
         from twisted.internet import reactor
 
-        from .manhole import manhole_service
-        from .operator import make_namespace
-
-        manhole = manhole_service(
-            options["manhole"],
-            options["manhole-keys"],
-            options["state-dir"],
-            functools.partial(make_namespace, tftp.server, reactor),
-            reactor,
-            allow_remote=options["manhole-allow-remote"],
-        )
-        manhole.setName("manhole")
-        manhole.setServiceParent(top)
+        manhole_from(options, tftp.server, reactor).setServiceParent(top)
     return top
+
+
+def manhole_from(options: Options, server, reactor):
+    """
+    The SSH manhole (named C{"manhole"}) that C{--manhole} and its options
+    ask for, over the operator core of C{server} (a L{TFTPServer}, or the
+    host's view of its workers).
+    """
+    # Conch is imported only when a manhole is asked for.
+    from .manhole import manhole_service
+    from .operator import make_namespace
+
+    manhole = manhole_service(
+        options["manhole"],
+        options["manhole-keys"],
+        options["state-dir"],
+        functools.partial(make_namespace, server, reactor),
+        reactor,
+        allow_remote=options["manhole-allow-remote"],
+    )
+    manhole.setName("manhole")
+    return manhole

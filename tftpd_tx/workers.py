@@ -704,17 +704,7 @@ def host_service(options, settings, reactor) -> MultiService:
         ):  # fmt: skip
             service.setServiceParent(top)
     if options["manhole"] is not None:
-        from .manhole import manhole_service
-        from .operator import make_namespace
+        from .tap import manhole_from
 
-        manhole = manhole_service(
-            options["manhole"],
-            options["manhole-keys"],
-            options["state-dir"],
-            functools.partial(make_namespace, supervisor.server, reactor),
-            reactor,
-            allow_remote=options["manhole-allow-remote"],
-        )
-        manhole.setName("manhole")
-        manhole.setServiceParent(top)
+        manhole_from(options, supervisor.server, reactor).setServiceParent(top)
     return top
