@@ -41,7 +41,9 @@ def curl(url: str, output: str, max_time: float = 20):
 
 class SlowContent:
     """
-    A response whose every read answers after a delay, through a Deferred.
+    A response whose reads answer after a delay per 512 bytes asked,
+    through a Deferred: as slow when the session reads ahead (a fast
+    client's transfer asks for 16 KiB at once) as block by block.
     """
 
     def __init__(self, content: bytes, delay: float) -> None:
@@ -51,7 +53,7 @@ class SlowContent:
 
     def read(self, n):
         self.reads += 1
-        return deferLater(reactor, self._delay, self._inner.read, n)
+        return deferLater(reactor, self._delay * max(1, n // 512), self._inner.read, n)
 
     def size(self):
         return self._inner.size()
