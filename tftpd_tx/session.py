@@ -366,12 +366,7 @@ class ReadSession(DatagramProtocol):
         self._gap_pending = True
         wait = self._gap_wait()
         self._deadline = now + (wait * ONE_BLOCK_WAITS if progress == 1 else wait)
-        if self._timer is not None and self._timer_at > self._deadline:
-            self._timer.reset(self._deadline - now)
-            self._timer_at = self._deadline
-        elif self._timer is None:
-            self._timer = self._clock.callLater(self._deadline - now, self._tick)
-            self._timer_at = self._deadline
+        self._wake_by(self._deadline, now)
 
     def _gap_wait(self) -> float:
         """
@@ -584,12 +579,24 @@ class ReadSession(DatagramProtocol):
         wait = self._wait(attempt)
         self.stats.rto = wait
         deadline = self._deadline = now + wait
-        if self._timer is None:
-            self._timer = self._clock.callLater(wait, self._tick)
-            self._timer_at = deadline
-        elif self._timer_at > deadline:
-            self._timer.reset(wait)
-            self._timer_at = deadline
+        self._wake_by(deadline, now)
+
+    def _wake_by(self, deadline: float, now: float) -> None:
+        """
+        Have the timer fire at C{deadline} at the latest.  A timer due later
+        is replaced, not moved: moving a C{DelayedCall} sooner searches the
+        reactor's whole list of timers (one per transfer), where a cancelled
+        one is dropped lazily.  It happens once in most transfers: the
+        first wait, before the peer has proven its address, is the
+        C{timeout} setting, and the round trip's RTO after is far shorter.
+        """
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer = self._clock.callLater(deadline - now, self._tick)
+        self._timer_at = deadline
 
     def _tick(self) -> None:
         """
