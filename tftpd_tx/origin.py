@@ -35,7 +35,8 @@ from .content import (
     TFTPError,
     error_for,
 )
-from .spool import DEFAULT_AHEAD, Spool, SpoolReader
+from .filesystem import FileResponseData
+from .spool import DEFAULT_AHEAD, Spool
 from .wire import ErrorCode
 
 __all__ = [
@@ -614,6 +615,24 @@ class _Flight:
         spool.fail(OriginUnavailable())
 
 
+class _KeptBody(FileResponseData):
+    """
+    A cache entry's body, read as a local root's file is (one C{read} a
+    call, nothing else), so that a cache hit costs what a
+    L{tftpd_tx.filesystem.FilesystemHandler} file does; the bytes it gave
+    are counted once, when it closes.
+    """
+
+    def __init__(self, fd: int, size: int, stats: OriginStats) -> None:
+        super().__init__(fd, size)
+        self._stats = stats
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._stats.bytes_from_cache += os.lseek(self._fd, 0, os.SEEK_CUR)
+        super().close()
+
+
 @implementer(IHandler)
 class OriginHandler:
     """
@@ -728,17 +747,14 @@ class OriginHandler:
         flight.start(request)
         return result
 
-    def open_entry(self, entry: Entry) -> SpoolReader | None:
+    def open_entry(self, entry: Entry) -> "_KeptBody | None":
         """
-        A reader of a kept entry's body, or L{None} if it is gone.
+        A response reading a kept entry's body, or L{None} if it is gone.
         """
         fd = self.cache.open(entry)
         if fd is None:
             return None
-        return Spool(fd, entry.size, complete=True).reader(self._cache_read)
-
-    def _cache_read(self, reader: SpoolReader) -> None:
-        self.stats.bytes_from_cache += reader.offset
+        return _KeptBody(fd, entry.size, self.stats)
 
     def remember_missing(self, url: str, now: float) -> None:
         """
