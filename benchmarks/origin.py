@@ -12,8 +12,10 @@ loopback; only the processes started here are stopped, by their pids.
 
 For each phase it prints the GETs nginx logged (and how many were 304s),
 the time from each request to its first DATA (p50, p99, measured in the
-server), the clients' aggregate MB/s (10^6 bytes), the failures, and the
-server's peak resident memory.  The server is this script itself in a
+server), the clients' aggregate MB/s (10^6 bytes), the server's CPU
+seconds (user and system: on a shared machine a steadier measure of its
+cost than MB/s), the failures, and the server's peak resident memory in
+that phase.  The server is this script itself in a
 child process (C{--serve}), so its figures come from its SessionStats.
 """
 
@@ -145,11 +147,15 @@ def serve(args):
     service.privilegedStartService()
     service.startService()
 
+    cpu = [sum(os.times()[:2])]
+
     def report():
         waits.sort()
         with open("/proc/self/status") as f:
             status = dict(line.split(":", 1) for line in f)
+        now = sum(os.times()[:2])
         figures = {
+            "cpu_s": now - cpu[0],
             "transfers": len(waits),
             "first_data_p50": waits[len(waits) // 2] if waits else None,
             "first_data_p99": waits[min(len(waits) - 1, int(len(waits) * 0.99))] if waits else None,
@@ -162,6 +168,10 @@ def serve(args):
         with open(args.report, "w") as f:
             json.dump(figures, f)
         waits.clear()
+        cpu[0] = now
+        # Each phase's peak is its own: "5" resets VmHWM to the current RSS.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
 
     signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(report))
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
@@ -265,15 +275,16 @@ def print_table(args, rows):
         f"{args.clients} clients started over {args.ramp:g} s, one {args.size_mib} MiB "
         f"file, blksize {args.blksize}, windowsize {args.windowsize}\n"
     )
-    print("| run | GETs (304s) | first DATA p50 / p99 | MB/s | failed | server peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("| run | GETs (304s) | first DATA p50 / p99 | MB/s | server CPU s | failed "
+          "| server peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     local = rows[-1][1]["mb_s"]
     for name, result, server, gets in rows:
         ratio = f" ({result['mb_s'] / local:.2f}×)" if local else ""
         print(
             f"| {name} | {'—' if gets is None else f'{gets[0]} ({gets[1]})'} "
             f"| {server['first_data_p50'] * 1000:.1f} / {server['first_data_p99'] * 1000:.1f} ms "
-            f"| {result['mb_s']:.0f}{ratio} | {_failures(result)} "
+            f"| {result['mb_s']:.0f}{ratio} | {server['cpu_s']:.1f} | {_failures(result)} "
             f"| {server['rss_peak_kib'] / 1024:.0f} MiB |"
         )
 
