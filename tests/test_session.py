@@ -5,6 +5,7 @@ The transfer state machine, driven by a fake clock and fake UDP ports.
 from __future__ import annotations
 
 import os
+import random
 import struct
 
 from twisted.internet.defer import Deferred, succeed
@@ -13,8 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from tftpd_tx import wire
 from tftpd_tx.content import BytesResponseData, FileNotFound
 from tftpd_tx.options import Negotiated
+from tftpd_tx.rtt import RoundTrip
 from tftpd_tx.session import (
     GAP_WAIT,
+    MAX_PAUSE,
+    MIN_PAUSE,
     READ_AHEAD,
     READ_AHEAD_INTERVAL,
     ReadSession,
@@ -84,6 +88,7 @@ class SessionMixin:
         schedule=SCHEDULE,
         rollover=0,
         response=None,
+        round_trip=None,
     ):
         """
         Start a session on a fake port and return that port.
@@ -100,6 +105,7 @@ class SessionMixin:
             rollover=rollover,
             stats=SessionStats(peer=PEER, server_addr=("192.0.2.1", 69), file_path="f"),
             on_end=self.ended.append,
+            round_trip=round_trip,
         )
         return self.reactor.listenUDP(0, self.session, interface="192.0.2.1")
 
@@ -513,7 +519,7 @@ class WindowTests(SessionMixin, SynchronousTestCase):
         port.deliver(ack(3), PEER)
         port.take()
         port.deliver(ack(2), PEER)
-        port.deliver(ack(3), PEER)
+        port.deliver(ack(1), PEER)
         self.assertEqual(port.take(), [])
 
 
@@ -758,3 +764,311 @@ class SlowContentTests(SessionMixin, SynchronousTestCase):
         (packet,) = port.take()
         self.assertEqual(wire.decode(packet), wire.Error(0, "Internal server error"))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class WindowClient:
+    """
+    An RFC 7440 client that behaves as the instrument's load generator
+    does: it acknowledges a window's worth of blocks in order counted from
+    its last ACK; on a gap, the last block in order, once (again only for a
+    later window that misses the expected block again); on a block it got
+    last, that block again, which restarts its count; and the last block in
+    order when C{timeout} passes without one.
+
+    @param lose: the DATA copies lost on the way, as C{(block, copy)} pairs
+        (copy 0 is the first sending of that block).
+    @param loss: and a chance of losing any copy, drawn from C{rng}.
+    """
+
+    def __init__(self, window, blksize, lose=(), loss=0.0, rng=None, timeout=1.0):
+        self.window, self.blksize, self.timeout = window, blksize, timeout
+        self.lose, self.loss, self.rng = set(lose), loss, rng
+        self.copies: dict[int, int] = {}
+        self.chunks: list[bytes] = []
+        self.expected, self.since_ack = 1, 0
+        self.gap_acked, self.gap_last_d = False, 0
+        self.last, self.timeouts, self.received, self.done = 0.0, 0, 0, False
+
+    def receive(self, packet: bytes, now: float) -> list[bytes]:
+        block = struct.unpack("!H", packet[2:4])[0]
+        copy = self.copies[block] = self.copies.get(block, -1) + 1
+        if (block, copy) in self.lose or (self.loss and self.rng.random() < self.loss):
+            return []
+        self.received += 1
+        if self.done:
+            return []
+        if block == self.expected:
+            self.chunks.append(packet[4:])
+            self.expected += 1
+            self.last, self.gap_acked = now, False
+            if len(packet) - 4 < self.blksize:
+                self.done = True
+                return [ack(block)]
+            self.since_ack += 1
+            if self.since_ack >= self.window:
+                self.since_ack = 0
+                return [ack(block)]
+            return []
+        prev = self.expected - 1
+        if block == prev:
+            self.since_ack = 0
+            return [ack(prev)]
+        d = block - self.expected
+        if d > 0 and (not self.gap_acked or d <= self.gap_last_d):
+            self.gap_acked, self.gap_last_d, self.since_ack = True, d, 0
+            return [ack(prev)]
+        if d > 0:
+            self.gap_last_d = d
+        return []
+
+    def tick(self, now: float) -> list[bytes]:
+        if self.done or now - self.last < self.timeout:
+            return []
+        self.timeouts += 1
+        self.last, self.since_ack = now, 0
+        return [ack(self.expected - 1)]
+
+
+class WindowLossTests(SessionMixin, SynchronousTestCase):
+    """
+    Windows under loss, against an RFC 7440 client: a gap draws a whole
+    window again from the first block not acknowledged, and the transfer
+    stays in step with the client's count of a window.
+    """
+
+    RTT = 0.001
+
+    def round_trip(self):
+        return RoundTrip(1.0, floor=0.05, ceiling=8.0)
+
+    def exchange(self, port, client, limit=120.0):
+        """
+        Run the transfer: the server's datagrams reach the client half a
+        round trip after they leave, and its ACKs come back in the other
+        half; when nothing is on the way, the clock moves to the next timer.
+        """
+        clock = self.reactor
+        while not self.session.ended and clock.seconds() < limit:
+            sent = port.take()
+            if sent:
+                clock.advance(self.RTT / 2)
+                acks = []
+                for packet in sent:
+                    acks += client.receive(packet, clock.seconds())
+                clock.advance(self.RTT / 2)
+            else:
+                timers = [call.getTime() for call in clock.getDelayedCalls()]
+                wake = min(timers + [client.last + client.timeout])
+                clock.advance(max(wake - clock.seconds(), 0))
+                acks = client.tick(clock.seconds())
+            for packet in acks:
+                if not self.session.ended:
+                    port.deliver(packet, PEER)
+
+    def blocks(self, sent):
+        return [struct.unpack("!H", p[2:4])[0] for p in sent]
+
+    def test_gap_resends_a_window_from_it(self):
+        """
+        An RFC 7440 client that misses a block acknowledges the one before:
+        after the gap wait a whole window goes from the missing block.
+        """
+        content = os.urandom(10 * 40 + 3)
+        port = self.start(content, Negotiated(blksize=10, windowsize=8), round_trip=self.round_trip())
+        client = WindowClient(8, 10, lose={(3, 0)})
+        for packet in port.take():
+            for reply in client.receive(packet, 0.0):
+                port.deliver(reply, PEER)
+        self.reactor.advance(GAP_WAIT)
+        self.assertEqual(self.blocks(port.take()), list(range(3, 11)))
+
+    def test_tail_loss_keeps_the_window_in_step(self):
+        """
+        When the end of a window is lost, the timer sends the window again;
+        the client acknowledges its last block again on seeing it twice,
+        and counts a new window from there: the window slides to end a
+        window after that block, so the client's next ACK is of a whole
+        window and every later block goes once.
+        """
+        content = os.urandom(10 * 40 + 3)
+        port = self.start(content, Negotiated(blksize=10, windowsize=4), round_trip=self.round_trip())
+        client = WindowClient(4, 10, lose={(8, 0)})
+        self.exchange(port, client)
+        self.assertEqual(b"".join(client.chunks), content)
+        self.assertEqual(client.timeouts, 0)
+        self.assertEqual(self.session.stats.retransmits, 4)
+        self.assertEqual(self.session.stats.packets_sent, 41 + 4)
+
+    def test_partial_acks_of_several_blocks_are_gaps(self):
+        """
+        Two partial ACKs in one gap wait, the second of several blocks, are
+        what an RFC 7440 client sends when it repeats the ACK of a block it
+        got twice and then misses one: a gap, not a client acknowledging
+        every block, so the window goes again from the missing block.
+        """
+        content = os.urandom(10 * 40 + 3)
+        port = self.start(content, Negotiated(blksize=10, windowsize=8))
+        port.take()
+        port.deliver(ack(2), PEER)
+        port.deliver(ack(5), PEER)
+        self.assertEqual(port.take(), [])
+        self.reactor.advance(GAP_WAIT)
+        self.assertEqual(self.blocks(port.take()), list(range(6, 14)))
+
+    def test_acking_every_block_lapses(self):
+        """
+        A client taken for one that acknowledges every block and that then
+        acknowledges several blocks short of the flight has a gap there.
+        """
+        content = os.urandom(10 * 40 + 3)
+        port = self.start(content, Negotiated(blksize=10, windowsize=8))
+        port.take()
+        port.deliver(ack(1), PEER)
+        port.deliver(ack(2), PEER)
+        self.assertEqual(self.blocks(port.take()), [9, 10])
+        port.deliver(ack(5), PEER)
+        self.assertEqual(port.take(), [])
+        self.reactor.advance(GAP_WAIT)
+        self.assertEqual(self.blocks(port.take()), list(range(6, 14)))
+
+    def test_repeated_ack_is_a_gap(self):
+        """
+        An RFC 7440 client that misses the first block of a window
+        acknowledges the block before it again: the window goes again at
+        once.
+        """
+        content = os.urandom(10 * 40 + 3)
+        port = self.start(content, Negotiated(blksize=10, windowsize=4))
+        port.deliver(ack(4), PEER)
+        port.take()
+        port.deliver(ack(4), PEER)
+        self.assertEqual(self.blocks(port.take()), [5, 6, 7, 8])
+
+    def test_random_loss(self):
+        """
+        Under 2 % loss of DATA an RFC 7440 client never has to wait for its
+        own timer, and the transfer sends at most 1.2 DATA per block (the
+        floor of go-back-N at a window of 16 is about 1.17).
+        """
+        content = os.urandom(100 * 3000 + 7)
+        for seed in range(3):
+            port = self.start(content, Negotiated(blksize=100, windowsize=16), round_trip=self.round_trip())
+            client = WindowClient(16, 100, loss=0.02, rng=random.Random(seed))
+            self.exchange(port, client)
+            self.assertEqual(b"".join(client.chunks), content)
+            self.assertEqual(client.timeouts, 0)
+            self.assertLessEqual(self.session.stats.packets_sent / 3001, 1.25)
+
+
+class PacingTests(SessionMixin, SynchronousTestCase):
+    """
+    The back-off in time of RFC 7440 section 6: a window lost in part makes
+    the next one wait, longer on each loss, and whole windows take the wait
+    away again; a window is never shorter for it.
+    """
+
+    def lossy_window(self, port, acked):
+        """
+        Lose the third block of the window after C{acked}; return the block
+        the resent window ends with, once its ACK has arrived.
+        """
+        port.deliver(ack(acked + 2), PEER)
+        self.reactor.advance(GAP_WAIT)
+        self.assertEqual(len(port.take()), 4)
+        port.deliver(ack(acked + 6), PEER)
+        return acked + 6
+
+    def test_a_loss_delays_the_next_window(self):
+        """
+        After a window with a gap, the next waits L{MIN_PAUSE} (or a round
+        trip, if longer); after a whole window, the next goes at once.
+        """
+        port = self.start(os.urandom(10 * 200), Negotiated(blksize=10, windowsize=4))
+        port.take()
+        acked = self.lossy_window(port, 0)
+        self.assertEqual(port.take(), [])
+        self.reactor.advance(MIN_PAUSE)
+        self.assertEqual(len(port.take()), 4)
+        port.deliver(ack(acked + 4), PEER)
+        self.assertEqual(len(port.take()), 4)
+
+    def test_the_wait_doubles_to_a_bound(self):
+        """
+        Each window lost in part doubles the wait, up to L{MAX_PAUSE}.
+        """
+        port = self.start(os.urandom(10 * 200), Negotiated(blksize=10, windowsize=4))
+        port.take()
+        acked, pause = 0, MIN_PAUSE
+        for _ in range(10):
+            acked = self.lossy_window(port, acked)
+            self.reactor.advance(pause * 0.99)
+            self.assertEqual(port.take(), [])
+            self.reactor.advance(pause * 0.02)
+            self.assertEqual(len(port.take()), 4)
+            pause = min(pause * 2, MAX_PAUSE)
+        self.assertEqual(pause, MAX_PAUSE)
+
+    def test_lock_step_is_not_paced(self):
+        """
+        A transfer without windows waits for each ACK anyway: its next
+        block follows an ACK at once, retransmission or not.
+        """
+        port = self.start(b"x" * 2000, Negotiated())
+        port.take()
+        self.reactor.advance(SCHEDULE[0])
+        port.take()
+        port.deliver(ack(1), PEER)
+        self.assertEqual(port.take(), [data(2, b"x" * 512)])
+
+
+class SpuriousTimeoutTests(SessionMixin, SynchronousTestCase):
+    """
+    A timeout the client did not need shows when it acknowledges the same
+    block twice: once for the block, once for its copy.
+    """
+
+    def start_proven(self, windowsize):
+        port = self.start(
+            b"x" * 20000,
+            Negotiated(blksize=512, windowsize=windowsize),
+            round_trip=RoundTrip(1.0, floor=0.05, ceiling=8.0),
+        )
+        port.deliver(ack(windowsize), PEER)
+        port.take()
+        self.reactor.advance(0.05)
+        self.assertEqual(len(port.take()), windowsize)
+        return port
+
+    def test_counted_when_the_copy_is_acknowledged(self):
+        """
+        A block acknowledged twice after its timeout: the timeout was
+        spurious, and the second ACK sends nothing.
+        """
+        port = self.start_proven(1)
+        port.deliver(ack(2), PEER)
+        self.assertEqual(port.take(), [data(3, b"x" * 512)])
+        port.deliver(ack(2), PEER)
+        self.assertEqual(port.take(), [])
+        self.assertEqual(self.session.stats.spurious_timeouts, 1)
+
+    def test_window_counted_and_not_sent_again(self):
+        """
+        The same for a window: the client's repeat of the ACK of the
+        window, answering the copy, does not send the next window twice.
+        """
+        port = self.start_proven(4)
+        port.deliver(ack(8), PEER)
+        port.deliver(ack(8), PEER)
+        self.reactor.advance(MIN_PAUSE)
+        self.assertEqual(len(port.take()), 4)
+        self.assertEqual(self.session.stats.spurious_timeouts, 1)
+
+    def test_lost_block_not_counted(self):
+        """
+        A block really lost draws a single ACK, after its copy.
+        """
+        port = self.start_proven(1)
+        port.deliver(ack(2), PEER)
+        self.reactor.advance(0.01)
+        port.deliver(ack(3), PEER)
+        self.assertEqual(self.session.stats.spurious_timeouts, 0)

@@ -535,9 +535,11 @@ class SessionMachine(RuleBasedStateMachine):
         self.deadline = self.now() + self.transfer.schedule[0]
         if exact or self.sent_to == block:
             # Lock-step, the ACK of the OACK, or of all that was sent: the
-            # next window goes at once.
+            # next window goes at once, or after a loss on the timer, when
+            # the back-off in time (RFC 7440 section 6) has passed.
             self.sent_to = block
-            self.observe("progress", self.window())
+            paused = self.windowsize > 1 and block > 0 and not self.port.attempts
+            self.observe("progress", [] if paused else self.window())
         else:
             self.observe("progress", None)
 

@@ -200,6 +200,8 @@ class SinglePortTests(SinglePortMixin, SynchronousTestCase):
         self.listener.deliver(ack(0), CLIENT, "192.0.2.9")
         self.reactor.advance(1)
         self.listener.deliver(ack(4), CLIENT, "192.0.2.9")
+        # After a loss the next window waits a moment (RFC 7440 section 6).
+        self.reactor.advance(0.1)
         blocks = [
             struct.unpack("!H", datagram[2:4])[0]
             for datagram, _, _ in self.listener.replies

@@ -52,6 +52,13 @@ GAP_WAIT = 0.002
 #: How many gap waits a partial ACK of a single block waits.
 ONE_BLOCK_WAITS = 5
 
+#: The pause between windows after a first loss (or the smoothed round
+#: trip, if longer: a pause of one round trip halves the rate), and the
+#: most it doubles to while every window loses blocks (see
+#: L{ReadSession._slow_down}).
+MIN_PAUSE = 0.001
+MAX_PAUSE = 0.1
+
 #: Datagrams a transfer sends its peer before the peer has proven that it
 #: is at its address (by acknowledging anything): the first reply and one
 #: retransmission.  A spoofed request then draws at most this many replies.
@@ -196,10 +203,19 @@ class ReadSession(DatagramProtocol):
         self._flight_clean = True
         # Whether the client acknowledges every block of a window, not just
         # the last one and its gaps (see _partial), and when the window last
-        # went again for a gap.
+        # went again.  _blind: the flight went again on the timer, without
+        # word from the client of where it is (see _partial).
         self._per_block = False
         self._gap_pending = False
         self._resent_at = float("-inf")
+        self._blind = False
+        # The wait between windows, and whether the next window waits for
+        # it now (see _slow_down).
+        self._pause = 0.0
+        self._paused = False
+        # The block whose ACK ended a timeout, while a repeat of that ACK
+        # would show the timeout spurious (see _ack).
+        self._probe: int | None = None
         # One DelayedCall, moved as rarely as possible: progress only moves
         # _deadline, and the timer, when it fires early, sleeps the rest.
         self._timer = None
@@ -302,8 +318,14 @@ class ReadSession(DatagramProtocol):
             # A wire number is congruent to its block count modulo the wrap.
             progress = (number - self._acked) % self._modulus
             if not 0 < progress <= self._sent:
-                if progress == 0 and self._sent and self._window > 1:
-                    self._duplicate()
+                if progress == 0 and number == self._wire_block(self._acked):
+                    # The last ACK again (under rollover 1, 65535 is not 0).
+                    if self._probe == self._acked:
+                        # The client answers the copy the timeout sent.
+                        self._probe = None
+                        self.stats.spurious_timeouts += 1
+                    elif self._sent and self._window > 1:
+                        self._duplicate()
                 return
             remaining = self._sent - progress
         stats = self.stats
@@ -320,14 +342,25 @@ class ReadSession(DatagramProtocol):
         if self._eof and not packets:
             self._end(Outcome.COMPLETED)
             return
+        # A timeout that the ACK of its whole flight ends was spurious if
+        # the client acknowledges the same block once more: it answers the
+        # copy it did not need (a lost block or ACK draws a single answer).
+        self._probe = self._acked if self._attempt and not remaining else None
         self._attempt = 0
         if remaining:
             self._partial(remaining, progress, now, fast)
             return
         # The whole flight arrived: the next window starts after it.
         self._gap_pending = False
+        self._blind = False
         self._sent = 0
+        clean = self._flight_clean
         self._flight_clean = True
+        if self._window > 1 and self._paces(clean):
+            self._paused = True
+            self._deadline = now + self._pause
+            self._wake_by(self._deadline, now)
+            return
         self._advance(fast)
         self._arm(0, now)
 
@@ -350,14 +383,34 @@ class ReadSession(DatagramProtocol):
         An ACK of a single block waits longer (L{ONE_BLOCK_WAITS} gap
         waits): it is what a client acknowledging every block sends, and a
         gap right after one block is rare.
+
+        Only an ACK of the single next block in that moment is evidence of
+        such a client: an RFC 7440 client also sends two partial ACKs close
+        together (its repeat of a block it got twice, then a gap a few
+        blocks on), and taking it for one that acknowledges every block
+        would leave each of its gaps to the timer.  The evidence lapses on
+        an ACK of several blocks short of the flight, and on a timeout.
+
+        After the timer sent the flight again (C{_blind}), the first partial
+        ACK is the client repeating the ACK of its last block in order, on
+        seeing that block again, which restarts its count of a window
+        there: the window slides to end a whole window after that block.
+        Sending a window from the block after it instead would again hold
+        the client's last block and draw the same repeat, two windows sent
+        for every window of progress.  A gap in what follows still shows,
+        as a repeat of that ACK (see L{_duplicate}) or a partial ACK.
         """
         self._sent = remaining
-        if self._per_block:
+        if self._per_block and progress > 1:
+            self._per_block = False
+        if self._per_block or self._blind:
+            self._blind = False
+            self._gap_pending = False
             self._advance(fast)
             self._arm(0, now)
             return
-        if self._gap_pending:
-            # A second partial ACK before the gap wait ran out.
+        if self._gap_pending and progress == 1:
+            # The next block's ACK before the gap wait ran out.
             self._per_block = True
             self._gap_pending = False
             self._advance(fast)
@@ -381,14 +434,18 @@ class ReadSession(DatagramProtocol):
     def _duplicate(self) -> None:
         """
         A repeated ACK of the last block acknowledged while a window is in
-        flight: a client that acknowledges every block says it missed the
-        next one.  Send the window again from there, once a round trip at
-        most (the ACKs of the blocks after the gap repeat it too).
+        flight: the client missed the next block (an RFC 7440 client
+        acknowledges the last block in order on a gap; one that
+        acknowledges every block repeats it for each block after the gap).
+        Send the window again from there, once in half a timeout at most
+        for a client that acknowledges every block (the repeats of one gap
+        come a round trip long), once in a gap wait for the others (one
+        repeat per gap: half a timeout would leave most gaps at the start
+        of a window to the timer, at a gap every few windows).
         """
-        if not self._per_block:
-            return
         now = self._clock.seconds()
-        if now - self._resent_at < self._wait(0) / 2:
+        interval = self._wait(0) / 2 if self._per_block else self._gap_wait()
+        if now - self._resent_at < interval:
             return
         self._resend_window(now)
         self._arm(0, now)
@@ -401,9 +458,35 @@ class ReadSession(DatagramProtocol):
         """
         self._resent_at = now
         self._gap_pending = False
+        self._blind = False
         self._flight_clean = False
         self._sent = 0
+        self._slow_down()
         self._advance()
+
+    def _slow_down(self) -> None:
+        """
+        Back off in time on loss (RFC 7440 section 6, RFC 8085): the wait
+        between windows starts at a round trip (L{MIN_PAUSE} at least) and
+        doubles on each loss, up to L{MAX_PAUSE}.  Never by sending fewer
+        blocks: an RFC 7440 client acknowledges only a whole window, and a
+        shorter one stalls it until its own timeout.
+        """
+        srtt = self._rtt.srtt if self._rtt is not None else None
+        first = max(MIN_PAUSE, srtt or 0.0)
+        self._pause = min(max(self._pause * 2, first), MAX_PAUSE)
+
+    def _paces(self, clean: bool) -> bool:
+        """
+        Whether the next window waits (see L{_slow_down}); a window that
+        arrived whole without a retransmission halves the wait, down to
+        none.
+        """
+        if clean and self._pause:
+            self._pause /= 2
+            if self._pause < MIN_PAUSE:
+                self._pause = 0.0
+        return self._pause > 0
 
     def _advance(self, fast: bool = False) -> None:
         """
@@ -532,6 +615,8 @@ class ReadSession(DatagramProtocol):
         if self.ended:
             return
         self._add_blocks(chunk, asked)
+        if self._paused:
+            return
         self._advance()
         self._arm(self._attempt, self._clock.seconds())
 
@@ -611,6 +696,11 @@ class ReadSession(DatagramProtocol):
             self._timed_out(now)
 
     def _timed_out(self, now: float) -> None:
+        if self._paused:
+            self._paused = False
+            self._advance()
+            self._arm(0, now)
+            return
         if self._gap_pending:
             # Before calling it a gap, read what has arrived: on a busy host
             # the client's next ACK may be waiting while its timer ran out.
@@ -634,6 +724,7 @@ class ReadSession(DatagramProtocol):
         if self._rtt is not None and self._proven:
             self._rtt.expired()
         self._flight_clean = False
+        self._per_block = False
         if self._oack is not None:
             self.stats.retransmits += self._send([self._oack])
         elif self._window == 1:
@@ -642,8 +733,8 @@ class ReadSession(DatagramProtocol):
             # still counts, so a read that never returns ends the session.
             self.stats.retransmits += self._send(self._packets[: self._sent])
         else:
-            self._sent = 0
-            self._advance()
+            self._resend_window(now)
+            self._blind = True
         self._arm(self._attempt, now)
 
     # -- everything else ----------------------------------------------------
