@@ -144,28 +144,29 @@ class UnprovenSessions:
     """
 
     def __init__(self) -> None:
-        self._all: collections.OrderedDict[int, object] = collections.OrderedDict()
-        self._by_host: dict[str, collections.OrderedDict[int, object]] = {}
+        self._all: collections.OrderedDict[object, None] = collections.OrderedDict()
+        self._by_host: dict[str, collections.OrderedDict[object, None]] = {}
 
     def add(self, session) -> None:
-        key = id(session)
-        self._all[key] = session
-        self._by_host.setdefault(session.peer[0], collections.OrderedDict())[key] = session
+        self._all[session] = None
+        host = session.peer[0]
+        sessions = self._by_host.get(host)
+        if sessions is None:
+            sessions = self._by_host[host] = collections.OrderedDict()
+        sessions[session] = None
 
     def discard(self, session) -> None:
         """
-        Forget C{session} (it has ended), if it is here.
+        Forget C{session} (it has ended, or is no longer a candidate), if it
+        is here.
         """
-        self._forget(session)
-
-    def _forget(self, session) -> None:
-        key = id(session)
-        self._all.pop(key, None)
-        sessions = self._by_host.get(session.peer[0])
+        self._all.pop(session, None)
+        host = session.peer[0]
+        sessions = self._by_host.get(host)
         if sessions is not None:
-            sessions.pop(key, None)
+            sessions.pop(session, None)
             if not sessions:
-                del self._by_host[session.peer[0]]
+                del self._by_host[host]
 
     def holds_any(self, host: str) -> bool:
         """
@@ -173,10 +174,10 @@ class UnprovenSessions:
         """
         sessions = self._by_host.get(host)
         while sessions:
-            session = next(iter(sessions.values()))
+            session = next(iter(sessions))
             if not session.ended and not session.proven:
                 return True
-            self._forget(session)
+            self.discard(session)
             sessions = self._by_host.get(host)
         return False
 
@@ -189,7 +190,7 @@ class UnprovenSessions:
             table = self._all if host is None else self._by_host.get(host)
             if not table:
                 return None
-            session = next(iter(table.values()))
-            self._forget(session)
+            session = next(iter(table))
+            self.discard(session)
             if not session.ended and not session.proven:
                 return session

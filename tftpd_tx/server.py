@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import wire
-from .content import Request, error_for, normalize_path
+from .content import Request, ResponseData, error_for, normalize_path
 from .logbudget import LogBudget, OccasionalLine, path_for_log
 from .netascii import NetasciiResponseData
 from .options import negotiate
@@ -459,6 +459,11 @@ class TFTPServer(DatagramProtocol):
             result = self.handler.get_response_data(request)
         except Exception:
             self._refuse(Failure(), request, via)
+            return
+        if isinstance(result, ResponseData):
+            # The common answer, from a synchronous handler: no need to ask
+            # whether it is awaitable (a costly check, per request).
+            self._start_session(result, request, started, via)
             return
         if not isinstance(result, Deferred) and inspect.isawaitable(result):
             result = ensureDeferred(result)
