@@ -19,6 +19,7 @@ from origins import FakeAgent
 from tftpd_tx.cache import DiskCache, Entry, parse_cache_control, policy_for
 from tftpd_tx.content import AccessViolation, FileNotFound, Request, normalize_path
 from tftpd_tx.origin import (
+    FOLLOW_INTERVAL,
     NEGATIVE_TTL,
     LocalFirst,
     OriginHandler,
@@ -60,14 +61,16 @@ class Harness:
     A handler on a fake agent and a clock, with a cache when asked.
     """
 
-    def __init__(self, testcase, cache_bytes=None, **kwargs) -> None:
+    def __init__(self, testcase, cache_bytes=None, cache_dir=None, **kwargs) -> None:
         self.clock = task.Clock()
         self.clock.advance(1_000_000)
         self.agent = FakeAgent()
         self.cache = None
         if cache_bytes is not None:
-            directory = tempfile.mkdtemp()
-            testcase.addCleanup(_rmtree, directory)
+            directory = cache_dir
+            if directory is None:
+                directory = tempfile.mkdtemp()
+                testcase.addCleanup(_rmtree, directory)
             self.cache = DiskCache(directory, cache_bytes)
         self.handler = OriginHandler(
             BASE, self.clock, cache=self.cache, agent=self.agent, timeout=10, **kwargs
@@ -735,21 +738,27 @@ class DiskCacheTests(SynchronousTestCase):
     def test_kept_across_restarts(self):
         """
         A new store on the same directory has the same entries, in the
-        same order of use; partial downloads and orphans are removed.
+        same order of use; orphans and the partial downloads of writers
+        that are gone are removed, not one still being written.
         """
         cache = DiskCache(self.directory, 1000)
         self.put(cache, "a", b"a" * 100)
         self.put(cache, "b", b"b" * 100)
         past = os.stat(os.path.join(self.directory, cache.get("b").body)).st_mtime - 10
         os.utime(os.path.join(self.directory, cache.get("b").body), (past, past))
-        cache.temporary()
+        # A temporary whose writer is gone (its descriptor closed, as when
+        # its process died), and one still being written.
+        fd, _ = cache.temporary()
+        os.close(fd)
+        writing, path = cache.temporary()
+        self.addCleanup(os.close, writing)
         open(os.path.join(self.directory, "orphan"), "w").close()
         again = DiskCache(self.directory, 150)
         self.assertIsNone(again.get("b"))
         fd = again.open(again.get("a"))
         self.assertEqual(os.read(fd, 1000), b"a" * 100)
         os.close(fd)
-        self.assertEqual(os.listdir(again.tmp_dir), [])
+        self.assertEqual(os.listdir(again.tmp_dir), [os.path.basename(path)])
         self.assertNotIn("orphan", os.listdir(self.directory))
 
     def test_a_body_of_the_wrong_length_is_dropped(self):
@@ -772,6 +781,165 @@ class DiskCacheTests(SynchronousTestCase):
         [meta] = [n for n in os.listdir(self.directory) if n.endswith(".json")]
         with open(os.path.join(self.directory, meta)) as f:
             self.assertEqual(json.load(f)["body"], second.body)
+
+
+class SharedDiskCacheTests(SynchronousTestCase):
+    """
+    Two stores on one directory, as two workers have: the directory is the
+    index, the bound is theirs together, and neither removes what the other
+    is writing.
+    """
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(_rmtree, self.directory)
+
+    put = DiskCacheTests.put
+
+    def test_entries_are_shared(self):
+        """
+        What one store keeps, the other finds; what one replaces, the other
+        finds replaced, and the old body is gone.
+        """
+        one, two = DiskCache(self.directory, 1000), DiskCache(self.directory, 1000)
+        self.put(one, "a", b"1" * 10)
+        fd = two.open(two.get("a"))
+        self.assertEqual(os.read(fd, 100), b"1" * 10)
+        os.close(fd)
+        self.put(two, "a", b"2" * 20)
+        fd = one.open(one.get("a"))
+        self.assertEqual(os.read(fd, 100), b"2" * 20)
+        os.close(fd)
+        self.assertEqual(len(one), 1)
+        self.assertEqual(len(os.listdir(self.directory)), 5, os.listdir(self.directory))
+
+    def test_the_bound_is_for_every_store(self):
+        """
+        The bytes kept by both stay within the bound: the least recently
+        used, whoever kept it, is evicted.
+        """
+        one, two = DiskCache(self.directory, 250), DiskCache(self.directory, 250)
+        self.put(one, "a", b"x" * 100)
+        self.put(two, "b", b"x" * 100)
+        past = os.stat(os.path.join(self.directory, one.get("a").body)).st_mtime - 10
+        os.utime(os.path.join(self.directory, one.get("a").body), (past, past))
+        self.put(one, "c", b"x" * 100)
+        self.assertEqual([u for u in "abc" if two.get(u)], ["b", "c"])
+        self.assertEqual(one.total, 200)
+        self.assertEqual(two.total, 200)
+
+    def test_a_store_opened_keeps_what_another_writes(self):
+        """
+        A store opened (a worker started) while another writes a body
+        leaves that body, which is then kept.
+        """
+        one = DiskCache(self.directory, 1000)
+        fd, path = one.temporary()
+        os.write(fd, b"z" * 30)
+        two = DiskCache(self.directory, 1000)
+        one.commit(path, _entry("a", 30))
+        os.close(fd)
+        self.assertEqual(two.get("a").size, 30)
+
+    def test_one_claim_at_a_time(self):
+        """
+        While one store holds the claim on a URL, the other cannot take it
+        but sees it held, and what it announces; released, it is free.
+        """
+        one, two = DiskCache(self.directory, 1000), DiskCache(self.directory, 1000)
+        claim = one.claim("a")
+        self.assertIsNone(two.claim("a"))
+        self.assertEqual(two.claimed("a"), (True, None))
+        claim.announce("/some/part", 1234)
+        held, announced = two.claimed("a")
+        self.assertTrue(held)
+        self.assertEqual((announced.part, announced.size), ("/some/part", 1234))
+        claim.release()
+        self.assertEqual(two.claimed("a"), (False, None))
+        two.claim("a").release()
+
+
+class WorkersSingleFlightTests(SynchronousTestCase):
+    """
+    Two handlers on one cache directory, as two workers are: a cold file
+    one of them is downloading is read by the other as it arrives, without
+    a GET of its own.
+    """
+
+    def setUp(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(_rmtree, directory)
+        self.one = Harness(self, cache_bytes=10**6, cache_dir=directory)
+        self.two = Harness(self, cache_bytes=10**6, cache_dir=directory)
+
+    def test_the_other_worker_follows_the_download(self):
+        """
+        The second worker makes no GET; its reader gets the bytes as the
+        first worker writes them, with the announced length as its size;
+        afterwards the file is a hit for it.
+        """
+        from origins import FakeResponse
+
+        mine = self.one.ask()
+        theirs = self.two.ask()
+        self.assertEqual(len(self.two.agent.requests), 0)
+        body = FakeResponse(200, {"ETag": '"v1"', "Cache-Control": "max-age=60"}, length=3000)
+        self.one.agent.requests[0].answer.callback(body)
+        body.write(b"a" * 1500)
+        self.two.clock.advance(FOLLOW_INTERVAL)
+        reader = result_of(theirs)
+        self.assertEqual(reader.size(), 3000)
+        self.assertEqual(result_of(reader.read(1000)), b"a" * 1000)
+        rest = reader.read(2000)
+        self.assertFalse(rest.called)
+        body.write(b"b" * 1500)
+        body.finish()
+        self.two.clock.advance(FOLLOW_INTERVAL)
+        self.assertEqual(result_of(rest), b"a" * 500 + b"b" * 1500)
+        self.assertEqual(reader.read(100), b"")
+        reader.close()
+        result_of(mine).close()
+        self.assertEqual(self.two.handler.stats.origin_requests, 0)
+        self.assertEqual(self.two.handler.stats.misses, 1)
+        self.assertEqual(read_all(self.two.ask()), b"a" * 1500 + b"b" * 1500)
+        self.assertEqual(self.two.handler.stats.hits, 1)
+
+    def test_a_download_cut_short_fails_the_followers(self):
+        """
+        When the first worker's download breaks, the second worker's reads
+        past what arrived fail: ERROR 0, as for the first worker's readers.
+        """
+        from origins import FakeResponse
+
+        mine = self.one.ask()
+        theirs = self.two.ask()
+        body = FakeResponse(200, {"Cache-Control": "max-age=60"}, length=3000)
+        self.one.agent.requests[0].answer.callback(body)
+        body.write(b"a" * 1000)
+        self.two.clock.advance(FOLLOW_INTERVAL)
+        reader = result_of(theirs)
+        self.assertEqual(result_of(reader.read(1000)), b"a" * 1000)
+        rest = reader.read(1000)
+        body.fail()
+        self.two.clock.advance(FOLLOW_INTERVAL)
+        self.assertIsInstance(result_of(rest).value, OriginUnavailable)
+        reader.close()
+        result_of(mine).close()
+        self.assertIsNone(self.two.cache.get(BASE + "images/kernel"))
+
+    def test_an_answer_not_kept_is_asked_for_again(self):
+        """
+        An answer the first worker may not keep (C{private}) is not read
+        by the second, which asks the origin itself.
+        """
+        mine = self.one.ask()
+        theirs = self.two.ask()
+        self.one.agent.requests[0].respond(200, b"p" * 100, {"Cache-Control": "private"})
+        self.two.clock.advance(FOLLOW_INTERVAL)
+        self.assertEqual(len(self.two.agent.requests), 1)
+        self.two.agent.requests[0].respond(200, b"q" * 100, {"Cache-Control": "private"})
+        self.assertEqual(read_all(result_of(theirs)), b"q" * 100)
+        result_of(mine).close()
 
 
 class SpoolTests(SynchronousTestCase):

@@ -15,15 +15,25 @@ the store is opened.
 from __future__ import annotations
 
 import email.utils
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections import OrderedDict
+import weakref
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Mapping
 
-__all__ = ["Policy", "policy_for", "parse_cache_control", "Entry", "DiskCache"]
+__all__ = [
+    "Policy",
+    "policy_for",
+    "parse_cache_control",
+    "Entry",
+    "DiskCache",
+    "Claim",
+    "Announcement",
+]
 
 #: Request headers that the origin handler sends alike for every client,
 #: so an answer varying on them alone is still the same for everyone.
@@ -202,17 +212,70 @@ def _key(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """
+    What the process downloading a URL says about it, for the other
+    processes that read the body as it arrives.
+
+    @ivar part: the path of the temporary file being written.
+    @ivar size: the length announced (C{Content-Length}).
+    """
+
+    part: str
+    size: int
+
+
+class Claim:
+    """
+    One process's exclusive right to download one URL into a store shared
+    with other processes: an C{flock} on a file of its own, which the
+    kernel releases if the process dies.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def announce(self, part: str, size: int) -> None:
+        """
+        Tell the other processes where the body is being written, and how
+        long it will be, so that they can read it as it arrives.
+        """
+        os.pwrite(self._fd, json.dumps({"part": part, "size": size}).encode(), 0)
+
+    def release(self) -> None:
+        """
+        Give up the claim (once the body is kept, or will not be); the
+        processes waiting for it see it released.
+        """
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = -1
+
+
 class DiskCache:
     """
     Kept answers under C{directory}, at most C{max_bytes} of bodies, the
     least recently used evicted first.  Recency survives restarts: it is
     each body file's modification time, set whenever the entry is used.
 
-    One server process per directory.  In it: C{<key>.json} (an L{Entry})
-    and the body it names, C{<key>-<token>}; C{tmp/} holds bodies being
-    downloaded and is emptied when the store is opened.
+    In it: C{<key>.json} (an L{Entry}) and the body it names,
+    C{<key>-<token>}; C{tmp/} holds bodies being downloaded; C{claims/}
+    one small file per URL fetched, locked while a process downloads it
+    (see L{claim}); C{lock}, locked while the index changes.
 
-    @ivar total: the bytes of all bodies kept.
+    Several processes may share one directory (C{twistd tftp --workers}),
+    so the directory is the index, not any process's memory: every change
+    (a body renamed into place and the metadata naming it, a removal, an
+    eviction, the clean-up when a store is opened) is made holding an
+    exclusive C{flock} on C{lock}, and the byte bound is counted from the
+    bodies on disk under it.  Reads take no lock: metadata is replaced by a
+    rename, and a body is unlinked only after the metadata naming it.  A
+    body being written holds an C{flock} of its own, so that a store
+    opened meanwhile removes only the temporaries of processes that are
+    gone.
+
     @ivar tmp_dir: where bodies being downloaded are written.
     """
 
@@ -220,81 +283,155 @@ class DiskCache:
         self.directory = directory
         self.max_bytes = max_bytes
         self.tmp_dir = os.path.join(directory, "tmp")
+        self._claims_dir = os.path.join(directory, "claims")
         os.makedirs(self.tmp_dir, exist_ok=True)
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
-        self.total = 0
-        self._load()
-        self._evict()
+        os.makedirs(self._claims_dir, exist_ok=True)
+        self._lock = os.open(
+            os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        weakref.finalize(self, os.close, self._lock)
+        # Parsed metadata by file name, with the stat that tells whether the
+        # file was replaced since: a hit costs a stat, not a parse.
+        self._parsed: dict[str, tuple[tuple, Entry]] = {}
+        with self._locked():
+            self._clean()
+            self._evict()
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    @contextmanager
+    def _locked(self):
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
 
-    def _load(self) -> None:
-        for name in os.listdir(self.tmp_dir):
-            os.unlink(os.path.join(self.tmp_dir, name))
+    def _entries(self) -> list[tuple[float, Entry]]:
+        """
+        Every entry whose body is there, with its body's last use, least
+        recently used first.
+        """
         found = []
+        for name in os.listdir(self.directory):
+            if name.endswith(".json"):
+                entry = self._read(name)
+                if entry is None:
+                    continue
+                try:
+                    used = os.stat(self._path(entry.body)).st_mtime
+                except OSError:
+                    continue
+                found.append((used, entry))
+        found.sort(key=lambda item: item[0])
+        return found
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    @property
+    def total(self) -> int:
+        """
+        The bytes of all bodies kept, by every process sharing the directory.
+        """
+        return sum(entry.size for _, entry in self._entries())
+
+    def _read(self, name: str) -> Entry | None:
+        """
+        The entry in the metadata file C{name}, or L{None} if there is none
+        (or it cannot be read).
+        """
+        try:
+            status = os.stat(self._path(name))
+        except OSError:
+            self._parsed.pop(name, None)
+            return None
+        stamp = (status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size)
+        known = self._parsed.get(name)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        try:
+            with open(self._path(name)) as f:
+                entry = Entry(**json.load(f))
+        except (OSError, ValueError, TypeError):
+            return None
+        self._parsed[name] = (stamp, entry)
+        return entry
+
+    def _clean(self) -> None:
+        """
+        Remove what no live process is using (held under the lock): the
+        temporaries of processes that are gone, metadata whose body is
+        missing or of the wrong length, bodies no metadata names.
+        """
+        for name in os.listdir(self.tmp_dir):
+            path = os.path.join(self.tmp_dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
         referenced = set()
         names = set(os.listdir(self.directory))
         for name in names:
             if not name.endswith(".json"):
                 continue
+            entry = self._read(name)
             try:
-                with open(self._path(name)) as f:
-                    entry = Entry(**json.load(f))
-                used = os.stat(self._path(entry.body))
-            except (OSError, ValueError, TypeError):
-                os.unlink(self._path(name))
-                continue
-            if used.st_size != entry.size or name != _key(entry.url) + ".json":
-                os.unlink(self._path(name))
+                size = os.stat(self._path(entry.body)).st_size if entry else None
+            except OSError:
+                size = None
+            if size is None or size != entry.size or name != _key(entry.url) + ".json":
+                self._unlink(name)
                 continue
             referenced.add(entry.body)
-            found.append((used.st_mtime, entry))
         for name in names - referenced:
-            if name != "tmp" and not name.endswith(".json"):
-                os.unlink(self._path(name))
-        for _, entry in sorted(found, key=lambda item: item[0]):
-            self._entries[entry.url] = entry
-            self.total += entry.size
+            if name not in ("tmp", "claims", "lock") and not name.endswith(".json"):
+                self._unlink(name)
 
     def get(self, url: str) -> Entry | None:
         """
         The entry kept for C{url}, fresh or not, or L{None}.
         """
-        return self._entries.get(url)
+        entry = self._read(_key(url) + ".json")
+        return entry if entry is not None and entry.url == url else None
 
     def open(self, entry: Entry) -> int | None:
         """
         Open C{entry}'s body for reading and mark it the most recently used.
 
-        @return: a descriptor, or L{None} if its body is gone (the entry is
-            then dropped).
+        @return: a descriptor, or L{None} if its body is gone (another
+            process replaced or evicted it: the entry is fetched anew).
         """
-        path = self._path(entry.body)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path(entry.body), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            self.remove(entry.url)
             return None
         try:
             os.utime(fd)
         except OSError:
             pass
-        if entry.url in self._entries:
-            self._entries.move_to_end(entry.url)
         return fd
 
     def temporary(self) -> tuple[int, str]:
         """
-        A new temporary file for a body being downloaded.
+        A new temporary file for a body being downloaded, locked by this
+        process while it is open.
 
         @return: its descriptor (open for reading and writing) and path, for
             L{commit} or L{discard}.
         """
-        return tempfile.mkstemp(dir=self.tmp_dir)
+        with self._locked():
+            fd, path = tempfile.mkstemp(dir=self.tmp_dir)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, path
 
     def discard(self, path: str) -> None:
         """
@@ -318,36 +455,38 @@ class DiskCache:
             self.discard(path)
             return None
         entry = replace(entry, body=f"{_key(entry.url)}-{os.urandom(6).hex()}")
-        os.rename(path, self._path(entry.body))
-        old = self._entries.pop(entry.url, None)
-        if old is not None:
-            self.total -= old.size
-        self._write(entry)
-        if old is not None:
-            self._unlink(old.body)
-        self._entries[entry.url] = entry
-        self.total += entry.size
-        self._evict()
+        with self._locked():
+            os.rename(path, self._path(entry.body))
+            old = self.get(entry.url)
+            self._write(entry)
+            if old is not None and old.body != entry.body:
+                self._unlink(old.body)
+            self._evict()
         return entry
 
     def refresh(self, entry: Entry, **changes) -> Entry:
         """
         Record what a revalidation (a 304) taught about C{entry}: a new
-        C{stored} time, lifetime or validators.
+        C{stored} time, lifetime or validators; unless another process has
+        replaced the entry meanwhile (its own answer stands).
         """
         entry = replace(entry, **changes)
-        self._write(entry)
-        if entry.url in self._entries:
-            self._entries[entry.url] = entry
+        with self._locked():
+            current = self.get(entry.url)
+            if current is not None and current.body == entry.body:
+                self._write(entry)
         return entry
 
     def remove(self, url: str) -> None:
         """
         Forget the entry for C{url}, if any.
         """
-        entry = self._entries.pop(url, None)
+        with self._locked():
+            self._remove(url)
+
+    def _remove(self, url: str) -> None:
+        entry = self.get(url)
         if entry is not None:
-            self.total -= entry.size
             self._unlink(_key(url) + ".json")
             self._unlink(entry.body)
 
@@ -364,5 +503,54 @@ class DiskCache:
             pass
 
     def _evict(self) -> None:
-        while self.total > self.max_bytes and self._entries:
-            self.remove(next(iter(self._entries)))
+        entries = self._entries()
+        total = sum(entry.size for _, entry in entries)
+        for _, entry in entries:
+            if total <= self.max_bytes:
+                break
+            self._remove(entry.url)
+            total -= entry.size
+
+    # -- one download for every process -------------------------------------
+
+    def _claim_path(self, url: str) -> str:
+        return os.path.join(self._claims_dir, _key(url))
+
+    def claim(self, url: str) -> Claim | None:
+        """
+        The right to download C{url}, or L{None} while another process
+        (another worker on the same directory) holds it: see L{claimed}.
+        """
+        fd = os.open(self._claim_path(url), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        return Claim(fd)
+
+    def claimed(self, url: str) -> tuple[bool, Announcement | None]:
+        """
+        Whether a process holds the claim on C{url}, and what it has
+        announced (L{None} until it knows the body is kept, and has a
+        length).
+        """
+        try:
+            fd = os.open(self._claim_path(url), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False, None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                return False, None
+            try:
+                return True, Announcement(**json.loads(os.pread(fd, 4096, 0)))
+            except (ValueError, TypeError):
+                # Nothing announced yet, or being written.
+                return True, None
+        finally:
+            os.close(fd)

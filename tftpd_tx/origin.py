@@ -68,6 +68,11 @@ _SEGMENT_SAFE = "!$&'()*+,=:@"
 #: connection is closed instead.
 _DISCARD_LIMIT = 65536
 
+#: Seconds between two looks at a download another process (another worker
+#: on the same cache directory) is making: how late its bytes reach the
+#: transfers here, at most.
+FOLLOW_INTERVAL = 0.01
+
 
 class OriginUnavailable(TFTPError):
     """
@@ -215,11 +220,17 @@ def make_agent(reactor, *, timeout: float, ca_file: str | None = None):
     return Agent(reactor, contextFactory=policy, connectTimeout=timeout, pool=pool), pool
 
 
-def _anonymous_file(directory: str | None) -> int:
+def _anonymous_file(cache: DiskCache | None) -> int:
     """
-    A temporary file that has no name: it lives while it is open.
+    A temporary file that has no name: it lives while it is open.  With a
+    cache it is made in the cache's directory the way the cache makes its
+    own (locked), so that a worker opening the cache meanwhile leaves it.
     """
-    fd, path = tempfile.mkstemp(dir=directory)
+    if cache is not None:
+        fd, path = cache.temporary()
+        cache.discard(path)
+        return fd
+    fd, path = tempfile.mkstemp()
     os.unlink(path)
     return fd
 
@@ -369,6 +380,8 @@ class _Flight:
         self._timed_out = False
         self._aborted = False
         self._started = 0.0
+        self._claim = None
+        self._request: Request | None = None
 
     def join(self, request: Request):
         """
@@ -384,8 +397,20 @@ class _Flight:
 
     def start(self, request: Request) -> None:
         """
-        Send the GET, with C{request}'s client in its headers.
+        Send the GET, with C{request}'s client in its headers; or, when
+        another process sharing the cache is already downloading this URL
+        cold, read its download instead (see L{DiskCache.claim}).
         """
+        cache = self.handler.cache
+        if self.shared and self.stale is None and cache is not None:
+            self._claim = cache.claim(self.url)
+            if self._claim is None:
+                self._request = request
+                self._follow()
+                return
+        self._get(request)
+
+    def _get(self, request: Request) -> None:
         handler = self.handler
         headers = Headers(
             {
@@ -424,6 +449,15 @@ class _Flight:
         flights = self.handler.flights
         if flights.get(self.url) is self:
             del flights[self.url]
+        self._release()
+
+    def _release(self) -> None:
+        """
+        Let other processes download this URL: it is kept, or will not be.
+        """
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     def _take_waiters(self) -> list[tuple[Request, Deferred]]:
         waiters, self._waiters = self._waiters, []
@@ -541,8 +575,11 @@ class _Flight:
             fd, self._temporary = handler.cache.temporary()
             self._policy = policy
             self._headers = headers
+            if self._claim is not None and size is not None:
+                self._claim.announce(self._temporary, size)
         else:
-            fd = _anonymous_file(handler.spool_dir)
+            fd = _anonymous_file(handler.cache)
+            self._release()
         self.spool = Spool(fd, size, on_abandoned=self._abandoned, ahead=handler.ahead)
         self._body = _Body(self, handler.reactor, handler.timeout)
         if self._temporary is None:
@@ -580,7 +617,6 @@ class _Flight:
         from twisted.web.http import PotentialDataLoss
 
         handler = self.handler
-        self._done()
         spool = self.spool
         ended = reason.check(ResponseDone) or (
             reason.check(PotentialDataLoss) and spool.size is None
@@ -603,9 +639,13 @@ class _Flight:
                         last_modified=self._headers.get("last-modified"),
                     ),
                 )
+            # Released once the entry is kept, for the processes that wait
+            # to find it there.
+            self._done()
             return
         if self._temporary is not None:
             handler.cache.discard(self._temporary)
+        self._done()
         if not self._aborted:
             if timed_out:
                 why = f"nothing received for {handler.timeout:g} s"
@@ -613,6 +653,72 @@ class _Flight:
                 why = f"body ended after {spool.written} of {spool.size} bytes"
             handler.origin_failed(self.url, why)
         spool.fail(OriginUnavailable())
+
+    # -- another process's download ------------------------------------------
+
+    def _follow(self) -> None:
+        """
+        Look at the download another process holds the claim for, every
+        L{FOLLOW_INTERVAL}: once it announces its body, read the body as it
+        grows, as from a download of our own; when the claim is released,
+        the body is complete if it has its announced length.  A claim
+        released with nothing announced (the answer was not kept, failed, or
+        had no length) leaves what it kept in the cache, or a GET to make.
+        """
+        self._timer = None
+        handler = self.handler
+        held, announced = handler.cache.claimed(self.url)
+        spool = self.spool
+        if spool is None and held and announced is not None:
+            try:
+                fd = os.open(announced.part, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                # Kept meanwhile: the claim is released next.
+                pass
+            else:
+                spool = self.spool = Spool(fd, announced.size, on_abandoned=self._unfollowed)
+                for _, waiting in self._take_waiters():
+                    handler.stats.misses += 1
+                    waiting.callback(spool.reader())
+        if spool is not None:
+            spool.follow()
+            if not held:
+                self._done()
+                if spool.written == spool.size:
+                    spool.finish()
+                else:
+                    handler.origin_failed(
+                        self.url,
+                        f"another worker's download ended after {spool.written} "
+                        f"of {spool.size} bytes",
+                    )
+                    spool.fail(OriginUnavailable())
+                return
+        elif not held:
+            entry = handler.cache.get(self.url)
+            if entry is not None and entry.fresh(handler.reactor.seconds()):
+                self._done()
+                for request, waiting in self._take_waiters():
+                    response = handler.open_entry(entry)
+                    if response is None:
+                        handler.fetch(request).chainDeferred(waiting)
+                    else:
+                        handler.stats.hits += 1
+                        waiting.callback(response)
+                return
+            self.start(self._request)
+            return
+        self._timer = handler.reactor.callLater(FOLLOW_INTERVAL, self._follow)
+
+    def _unfollowed(self) -> None:
+        """
+        The last reader of another process's download left: stop looking.
+        """
+        self._done()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.spool.fail(OriginUnavailable())
 
 
 class _KeptBody(FileResponseData):
@@ -648,7 +754,10 @@ class OriginHandler:
     ends the transfers reading it with ERROR 0 and is not cached.
 
     Single flight: requests for a URL that is being fetched join that GET
-    and read its body as it arrives, from the start.
+    and read its body as it arrives, from the start.  Handlers in several
+    processes on one cache directory (C{--workers}) share it too: a cold
+    file one of them is downloading is read by the others from the file
+    being written (see L{tftpd_tx.cache.DiskCache.claim}).
 
     @param base_url: C{http://} or C{https://} URL of the directory served;
         a C{/} is added if it does not end with one.
@@ -700,7 +809,6 @@ class OriginHandler:
         self.timeout = timeout
         self.ahead = ahead
         self.heuristic_lifetime = heuristic_lifetime
-        self.spool_dir = cache.tmp_dir if cache is not None else None
         self._pool = None
         if agent is None:
             agent, self._pool = make_agent(reactor, timeout=timeout, ca_file=ca_file)

@@ -104,6 +104,15 @@ class Spool:
             self._paused = True
             self.producer.pauseProducing()
 
+    def follow(self) -> None:
+        """
+        Take in what another process has written to the file since the last
+        look (a download another worker makes, which this one reads), and
+        wake the readers it satisfies.
+        """
+        self.written = os.fstat(self._fd).st_size
+        self._wake()
+
     def finish(self) -> None:
         """
         The body is complete: every waiting reader gets what remains.
