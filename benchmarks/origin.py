@@ -10,13 +10,16 @@ Needs Linux, Debian's nginx (C{/usr/sbin/nginx}) and the C load generator
 C{tftpload} (C{--tftpload}, or C{$TFTPLOAD}).  Everything listens on
 loopback; only the processes started here are stopped, by their pids.
 
-For each phase it prints the GETs nginx logged (and how many were 304s),
-the time from each request to its first DATA (p50, p99, measured in the
-server), the clients' aggregate MB/s (10^6 bytes), the server's CPU
-seconds (user and system: on a shared machine a steadier measure of its
-cost than MB/s), the failures, and the server's peak resident memory in
-that phase.  The server is this script itself in a
-child process (C{--serve}), so its figures come from its SessionStats.
+The cold run comes first; then warm and local runs alternate
+(C{--rounds}), each warm run compared with the local run after it, so that
+the rest of the machine's load weighs on both alike.  For each run it
+prints the GETs nginx logged (and how many were 304s), the time from each
+request to its first DATA (p50, p99, measured in the server), the clients'
+aggregate MB/s (10^6 bytes), the server's CPU seconds (user and system: on
+a shared machine a steadier measure of its cost than MB/s), the failures,
+and the server's peak resident memory in that run.  The servers are this
+script itself in child processes (C{--serve}), so their figures come from
+their SessionStats.
 """
 
 from __future__ import annotations
@@ -240,28 +243,34 @@ def run(args):
         shutil.copy(os.path.join(www, FILE), os.path.join(root, FILE))
         nginx, nginx_port, access_log = start_nginx(directory, www)
         processes.append(nginx)
-        rows = []
         origin_port = free_port(socket.SOCK_DGRAM)
-        server, report = start_server(
+        origin = start_server(
             directory, origin_port,
             ["--origin", f"http://127.0.0.1:{nginx_port}/",
              "--cache-dir", os.path.join(directory, "cache")],
         )
-        processes.append(server)
-        phase_report(server, report)
-        for phase in ("cold", "warm"):
+        processes.append(origin[0])
+        local_port = free_port(socket.SOCK_DGRAM)
+        local = start_server(directory, local_port, ["--root", root])
+        processes.append(local[0])
+        phase_report(*origin)
+        phase_report(*local)
+
+        def origin_phase(name):
             before = logged(access_log)
             result = load(args, origin_port, size)
             after = logged(access_log)
-            rows.append((f"origin, {phase}", result, phase_report(server, report),
-                         (after[0] - before[0], after[1] - before[1])))
-        stop(server)
-        local_port = free_port(socket.SOCK_DGRAM)
-        server, report = start_server(directory, local_port, ["--root", root])
-        processes.append(server)
-        phase_report(server, report)
-        result = load(args, local_port, size)
-        rows.append(("local root", result, phase_report(server, report), None))
+            return (name, result, phase_report(*origin),
+                    (after[0] - before[0], after[1] - before[1]))
+
+        rows = [origin_phase("origin, cold")]
+        # Warm and local alternate, so that what else the machine does
+        # weighs on both alike; each warm run is compared with the local
+        # run right after it.
+        for n in range(1, args.rounds + 1):
+            rows.append(origin_phase(f"origin, warm {n}"))
+            rows.append((f"local root {n}", load(args, local_port, size),
+                         phase_report(*local), None))
         print_table(args, rows)
     finally:
         for process in reversed(processes):
@@ -275,18 +284,26 @@ def print_table(args, rows):
         f"{args.clients} clients started over {args.ramp:g} s, one {args.size_mib} MiB "
         f"file, blksize {args.blksize}, windowsize {args.windowsize}\n"
     )
-    print("| run | GETs (304s) | first DATA p50 / p99 | MB/s | server CPU s | failed "
-          "| server peak RSS |")
+    print("| run | GETs (304s) | first DATA p50 / p99 | MB/s (× local) | server CPU s "
+          "| failed | server peak RSS |")
     print("|---|---|---|---|---|---|---|")
-    local = rows[-1][1]["mb_s"]
-    for name, result, server, gets in rows:
-        ratio = f" ({result['mb_s'] / local:.2f}×)" if local else ""
+    locals_ = [row for row in rows if row[3] is None]
+    ratios = []
+    for index, (name, result, server, gets) in enumerate(rows):
+        # The local run of the same round: the next one, or the first.
+        local = next((row for row in rows[index:] if row[3] is None), locals_[0])
+        ratio = result["mb_s"] / local[1]["mb_s"] if local[1]["mb_s"] else 0.0
+        if "warm" in name:
+            ratios.append((ratio, server["cpu_s"] / local[2]["cpu_s"]))
         print(
             f"| {name} | {'—' if gets is None else f'{gets[0]} ({gets[1]})'} "
             f"| {server['first_data_p50'] * 1000:.1f} / {server['first_data_p99'] * 1000:.1f} ms "
-            f"| {result['mb_s']:.0f}{ratio} | {server['cpu_s']:.1f} | {_failures(result)} "
+            f"| {result['mb_s']:.0f} ({ratio:.2f}×) | {server['cpu_s']:.1f} | {_failures(result)} "
             f"| {server['rss_peak_kib'] / 1024:.0f} MiB |"
         )
+    print()
+    for n, (speed, cpu) in enumerate(ratios, 1):
+        print(f"warm {n} / local {n}: {speed:.2f}× the MB/s, {cpu:.2f}× the server CPU")
 
 
 def _failures(result) -> str:
@@ -315,6 +332,10 @@ def main():
     )
     parser.add_argument(
         "--tftpload", default=os.environ.get("TFTPLOAD", "/tmp/bench/tftpload")
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2,
+        help="warm and local runs, alternating, after the cold one",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
