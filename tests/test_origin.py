@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from twisted.internet import task
@@ -29,6 +31,7 @@ from tftpd_tx.origin import (
 from tftpd_tx.spool import Spool
 
 BASE = "http://origin.test/tftp/"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def request(path: str, peer=("192.0.2.7", 40000)) -> Request:
@@ -857,6 +860,25 @@ class SharedDiskCacheTests(SynchronousTestCase):
         claim.release()
         self.assertEqual(two.claimed("a"), (False, None))
         two.claim("a").release()
+        self.assertEqual(os.listdir(os.path.join(self.directory, "claims")), [])
+
+    def test_a_claim_left_by_a_dead_process(self):
+        """
+        A claim whose process died while downloading (the kernel dropped
+        its lock, its file is left) is free, and taken anew it announces
+        nothing of the dead download.
+        """
+        code = (
+            "import os, sys; from tftpd_tx.cache import DiskCache; "
+            "DiskCache(sys.argv[1], 1000).claim('a').announce('/dead/part', 99); "
+            "os._exit(0)"
+        )
+        subprocess.run([sys.executable, "-c", code, self.directory], check=True, cwd=REPO)
+        cache = DiskCache(self.directory, 1000)
+        self.assertEqual(cache.claimed("a"), (False, None))
+        claim = cache.claim("a")
+        self.assertEqual(DiskCache(self.directory, 1000).claimed("a"), (True, None))
+        claim.release()
 
 
 class WorkersSingleFlightTests(SynchronousTestCase):

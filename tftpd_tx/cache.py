@@ -230,11 +230,13 @@ class Claim:
     """
     One process's exclusive right to download one URL into a store shared
     with other processes: an C{flock} on a file of its own, which the
-    kernel releases if the process dies.
+    kernel releases if the process dies.  The file exists only while it is
+    claimed.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: str) -> None:
         self._fd = fd
+        self._path = path
 
     def announce(self, part: str, size: int) -> None:
         """
@@ -249,7 +251,9 @@ class Claim:
         processes waiting for it see it released.
         """
         if self._fd >= 0:
-            os.ftruncate(self._fd, 0)
+            # Unlinked while locked: whoever opens the path next makes a new
+            # file (see DiskCache.claim).
+            os.unlink(self._path)
             os.close(self._fd)
             self._fd = -1
 
@@ -262,8 +266,8 @@ class DiskCache:
 
     In it: C{<key>.json} (an L{Entry}) and the body it names,
     C{<key>-<token>}; C{tmp/} holds bodies being downloaded; C{claims/}
-    one small file per URL fetched, locked while a process downloads it
-    (see L{claim}); C{lock}, locked while the index changes.
+    one small file per URL being downloaded, locked by the process
+    downloading it (see L{claim}); C{lock}, locked while the index changes.
 
     Several processes may share one directory (C{twistd tftp --workers}),
     so the directory is the index, not any process's memory: every change
@@ -521,14 +525,25 @@ class DiskCache:
         The right to download C{url}, or L{None} while another process
         (another worker on the same directory) holds it: see L{claimed}.
         """
-        fd = os.open(self._claim_path(url), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        path = self._claim_path(url)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                # Left by a process that died holding it, it may still
+                # announce that process's download.
+                os.ftruncate(fd, 0)
+                return Claim(fd, path)
+            # Locked just after its holder released (unlinked) it: anew.
             os.close(fd)
-            return None
-        os.ftruncate(fd, 0)
-        return Claim(fd)
 
     def claimed(self, url: str) -> tuple[bool, Announcement | None]:
         """
