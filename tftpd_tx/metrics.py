@@ -122,6 +122,16 @@ class ServerCollector:
             "Datagrams for a transfer this server does not have.",
             value=counters["datagrams.stray"] + counters["datagrams.ignored"],
         )
+        handback = CounterMetricFamily(
+            "tftpd_handback_datagrams",
+            "Strays handed to the other servers of the fleet (sent, send_failed, "
+            "over_rate) and handed in by them (delivered, unknown, refused); "
+            "see --handback.",
+            labels=["result"],
+        )
+        for result in ("sent", "send_failed", "over_rate", "delivered", "unknown", "refused"):
+            handback.add_metric([result], counters["handback." + result])
+        yield handback
         yield GaugeMetricFamily(
             "tftpd_draining", "1 while new requests are refused.", value=int(server.draining)
         )

@@ -138,6 +138,10 @@ class TFTPServer(DatagramProtocol):
     @ivar draining: while L{True}, new requests are ignored (so that clients
         retry elsewhere) and running transfers go on; see L{drain}.
     @ivar round_trips: the L{RoundTripMemory} new transfers start from.
+    @ivar hand_back: L{None}, or called with C{(datagram, peer)} for each
+        ACK or ERROR that reaches a shared request port (single-port mode)
+        from a peer with no transfer here: another server of the fleet may
+        have it (see L{tftpd_tx.handback}).
     @ivar flaps: the L{FlapTable} of abandoned transfers and strays by
         client prefix (the sign of a client whose anycast path moves).
     @ivar descriptor_limit: the process's limit on open descriptors, from
@@ -184,6 +188,7 @@ class TFTPServer(DatagramProtocol):
             lengths=lambda: (self.settings.flap_ipv4_prefix, self.settings.flap_ipv6_prefix),
         )
         self.draining = False
+        self.hand_back = None
         self._stopped = False
         self.descriptor_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._malformed_line = OccasionalLine(reactor, MALFORMED_LOG_INTERVAL)
@@ -272,6 +277,8 @@ class TFTPServer(DatagramProtocol):
             stats.increment("datagrams.stray")
             if not isinstance(packet, wire.Error):
                 self.flaps.stray(peer[0])
+            if self.hand_back is not None and isinstance(packet, (wire.Ack, wire.Error)):
+                self.hand_back(datagram, peer)
         else:
             # DATA, ACK, ERROR or OACK belong to a transfer port; here they
             # are leftovers of transfers that ended, or of a transfer another
@@ -279,6 +286,22 @@ class TFTPServer(DatagramProtocol):
             stats.increment("datagrams.ignored")
             if not isinstance(packet, wire.Error):
                 self.flaps.stray(peer[0])
+
+    def take_handed_back(self, datagram: bytes, peer) -> bool:
+        """
+        Give a datagram another server of the fleet received from C{peer}
+        to C{peer}'s transfer here, as if it had come straight from
+        C{peer}; whether there is such a transfer.  What has none is
+        dropped: it is never handed on again.
+        """
+        session = self._busy_peers.get(peer)
+        if session is None or session.ended:
+            return False
+        try:
+            session.datagramReceived(datagram, peer)
+        except Exception:
+            self._log.failure("Unexpected error on a datagram handed back from {peer}", peer=peer)
+        return True
 
     def _note(self, kind: str, text: str, **fields) -> None:
         """

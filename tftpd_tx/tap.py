@@ -23,6 +23,7 @@ from twisted.python import usage
 
 from .endpoints import check_endpoint
 from .filesystem import FilesystemHandler
+from .handback import parse_address
 from .settings import SCHEMA, Setting, Settings
 from .service import TFTPService, listening_address
 from .workers import worker_count
@@ -167,6 +168,15 @@ class Options(usage.Options):
             "de-prefers it.",
         ],
         [
+            "handback",
+            None,
+            None,
+            "With --single-port: ADDRESS:PORT (this server's own unicast "
+            "address) to exchange strays on with the other servers of the "
+            "fleet (--handback-peer), so that a transfer under way when its "
+            "server is drained or its route moves still finishes.",
+        ],
+        [
             "state-dir",
             None,
             None,
@@ -204,6 +214,17 @@ class Options(usage.Options):
             "loopback (POST /drain and /resume stay loopback-only).",
         ],
     ]
+
+    def opt_handback_peer(self, address: str) -> None:
+        """ADDRESS:PORT of another server's --handback port; once for each."""
+        try:
+            self["handback-peers"].append(parse_address(address))
+        except ValueError as error:
+            raise usage.UsageError(f"--handback-peer {error}") from None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["handback-peers"] = []
 
     def parseOptions(self, options=None) -> None:
         # As given: each worker of --workers parses it too.
@@ -245,6 +266,7 @@ class Options(usage.Options):
                 check_endpoint(self["ops"], self["ops-allow-remote"], "--ops-allow-remote")
             except ValueError as error:
                 raise usage.UsageError(f"--ops {error}") from None
+        self._check_handback()
         if self["disable-file"] is not None:
             directory = os.path.dirname(os.path.abspath(self["disable-file"]))
             if not os.path.isdir(directory):
@@ -252,6 +274,39 @@ class Options(usage.Options):
                     f"--disable-file {self['disable-file']!r}: its directory "
                     f"{directory!r} does not exist; create it or choose another path"
                 )
+
+    def _check_handback(self) -> None:
+        if self["handback"] is None:
+            if self["handback-peers"]:
+                raise usage.UsageError(
+                    "--handback-peer without --handback: give this server's own "
+                    "--handback ADDRESS:PORT too"
+                )
+            return
+        try:
+            self["handback"] = parse_address(self["handback"])
+        except ValueError as error:
+            raise usage.UsageError(f"--handback {error}") from None
+        if not self["single-port"]:
+            raise usage.UsageError(
+                "--handback needs --single-port: in classic mode a transfer's "
+                "datagrams go to its own port, which the other servers have no "
+                "socket on, so no stray ever reaches them to hand back"
+            )
+        if self["workers"] > 1:
+            raise usage.UsageError(
+                "--handback with --workers: a datagram handed back cannot be "
+                "steered to the worker that has its transfer; leave --workers out"
+            )
+        if not self["handback-peers"]:
+            raise usage.UsageError(
+                "--handback without --handback-peer: name the other servers' "
+                "--handback addresses (ADDRESS:PORT, once each)"
+            )
+        if self["handback"] in self["handback-peers"]:
+            raise usage.UsageError(
+                "--handback-peer names this server's own --handback address"
+            )
 
     def _activated_sockets(self) -> list:
         """
@@ -522,6 +577,16 @@ def makeService(options: Options) -> MultiService:
             collectors=collectors,
         ):
             service.setServiceParent(top)
+    if options["handback"] is not None:
+        from twisted.internet import reactor
+
+        from .handback import HandbackService
+
+        handback = HandbackService(
+            tftp.server, options["handback"], options["handback-peers"], reactor
+        )
+        handback.setName("handback")
+        handback.setServiceParent(top)
     if options["manhole"] is not None:
         from twisted.internet import reactor
 

@@ -45,6 +45,7 @@ CLIENT_PREFIX = "198.51.100.0/24"
 ROUTER_ADDRESS = "192.0.2.1"
 SERVER_ADDRESSES = {1: "192.0.2.11", 2: "192.0.2.12"}
 OPS_PORT = 9669
+HANDBACK_PORT = 6970
 
 #: The programs the lab runs.
 PROGRAMS = ("ip", "bird", "birdc", "exabgp")
@@ -139,16 +140,21 @@ class Lab:
     """
 
     def __init__(self, root_files: dict[str, bytes], single_port: bool = False,
-                 meds: dict[int, tuple[int, int]] | None = None) -> None:  # fmt: skip
+                 meds: dict[int, tuple[int, int]] | None = None,
+                 handback: bool = False) -> None:  # fmt: skip
         """
         @param root_files: the files both servers serve (C{whoami.txt}, 4
             KiB, and C{whoami-64k.txt} are added per server: their payload
             starts with C{s1} or C{s2}).
         @param meds: the server number's C{(up, disabled)} MEDs; equal up
             MEDs make the router spread by flow (ECMP).
+        @param handback: the servers hand each other their strays
+            (C{--handback} on their own addresses, port L{HANDBACK_PORT};
+            needs C{single_port}).
         """
         self.root_files = root_files
         self.single_port = single_port
+        self.handback = handback
         self.meds = meds or {1: (100, 500), 2: (200, 600)}
         tag = f"tl{os.getpid()}"
         self.ns = {name: f"{tag}-{name}" for name in ("client", "router", "s1", "s2")}
@@ -278,6 +284,11 @@ class Lab:
         ]  # fmt: skip
         if self.single_port:
             argv.append("--single-port")
+        if self.handback:
+            argv += ["--handback", f"{SERVER_ADDRESSES[number]}:{HANDBACK_PORT}"]
+            for other, address in SERVER_ADDRESSES.items():
+                if other != number:
+                    argv += ["--handback-peer", f"{address}:{HANDBACK_PORT}"]
         process = self.start(f"s{number}", argv, f"tftpd{number}-{len(self.processes)}", env)
         self.servers[number] = process
 
