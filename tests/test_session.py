@@ -1049,7 +1049,7 @@ class SpuriousTimeoutTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(port.take(), [data(3, b"x" * 512)])
         port.deliver(ack(2), PEER)
         self.assertEqual(port.take(), [])
-        self.assertEqual(self.session.stats.spurious_timeouts, 1)
+        self.assertEqual(self.session.stats.spurious_rtos, 1)
 
     def test_window_counted_and_not_sent_again(self):
         """
@@ -1061,7 +1061,7 @@ class SpuriousTimeoutTests(SessionMixin, SynchronousTestCase):
         port.deliver(ack(8), PEER)
         self.reactor.advance(MIN_PAUSE)
         self.assertEqual(len(port.take()), 4)
-        self.assertEqual(self.session.stats.spurious_timeouts, 1)
+        self.assertEqual(self.session.stats.spurious_rtos, 1)
 
     def test_lost_block_not_counted(self):
         """
@@ -1071,4 +1071,4 @@ class SpuriousTimeoutTests(SessionMixin, SynchronousTestCase):
         port.deliver(ack(2), PEER)
         self.reactor.advance(0.01)
         port.deliver(ack(3), PEER)
-        self.assertEqual(self.session.stats.spurious_timeouts, 0)
+        self.assertEqual(self.session.stats.spurious_rtos, 0)

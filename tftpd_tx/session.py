@@ -323,7 +323,7 @@ class ReadSession(DatagramProtocol):
                     if self._probe == self._acked:
                         # The client answers the copy the timeout sent.
                         self._probe = None
-                        self.stats.spurious_timeouts += 1
+                        self.stats.spurious_rtos += 1
                     elif self._sent and self._window > 1:
                         self._duplicate()
                 return

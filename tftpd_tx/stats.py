@@ -58,7 +58,7 @@ class SessionStats:
     keying anything by peer.  C{srtt} is the smoothed round trip measured
     so far (L{None} before a sample, or when the client negotiated its
     timeout), and C{rto} the wait the retransmit timer runs with now.
-    C{spurious_timeouts} counts the timeouts the client shows were not
+    C{spurious_rtos} counts the timeouts the client shows were not
     needed: the ACK of the whole flight ended them and the client then
     acknowledged the same block again, answering the copy (a floor below
     the host's scheduling jitter shows here).
@@ -82,7 +82,7 @@ class SessionStats:
     blocks_sent: int = 0
     bytes_sent: int = 0
     retransmits: int = 0
-    spurious_timeouts: int = 0
+    spurious_rtos: int = 0
     last_ack_time: float | None = None
     outcome: str | None = None
     error_code: int | None = None
