@@ -177,14 +177,14 @@ class ServerStatsTests(SynchronousTestCase):
 
     def test_ended_sessions_folded_in(self):
         """
-        Each ended transfer counts its outcome, and adds its bytes, packets
-        and retransmissions to the server's.
+        Each ended transfer counts its outcome, and adds its bytes, packets,
+        retransmissions and spurious timeouts to the server's.
         """
         stats = ServerStats()
-        for outcome, sent, packets, retransmits in [
-            (Outcome.COMPLETED, 1300, 3, 0),
-            (Outcome.COMPLETED, 512, 2, 1),
-            (Outcome.TIMEOUT, 1024, 8, 6),
+        for outcome, sent, packets, retransmits, spurious in [
+            (Outcome.COMPLETED, 1300, 3, 0, 0),
+            (Outcome.COMPLETED, 512, 2, 1, 1),
+            (Outcome.TIMEOUT, 1024, 8, 6, 0),
         ]:
             stats.session_started()
             stats.session_ended(
@@ -193,6 +193,7 @@ class ServerStatsTests(SynchronousTestCase):
                     bytes_sent=sent,
                     packets_sent=packets,
                     retransmits=retransmits,
+                    spurious_rtos=spurious,
                 )
             )
         counters = stats.counters
@@ -201,6 +202,7 @@ class ServerStatsTests(SynchronousTestCase):
         self.assertEqual(counters["bytes_sent"], 2836)
         self.assertEqual(counters["packets_sent"], 13)
         self.assertEqual(counters["retransmits"], 7)
+        self.assertEqual(counters["spurious_rtos"], 1)
         self.assertEqual(stats.active_sessions, 0)
 
     def test_errors_by_code_except_probes(self):

@@ -112,6 +112,10 @@ class ServerCollector:
             ("tftpd_bytes_sent", "DATA payload bytes sent.", "bytes_sent"),
             ("tftpd_datagrams_sent", "Datagrams sent by transfers.", "packets_sent"),
             ("tftpd_retransmits", "Datagrams sent again by the retransmit timer.", "retransmits"),
+            ("tftpd_spurious_timeouts",
+             "Retransmit timeouts of finished transfers that the client showed "
+             "were not needed (it acknowledged the first copy, then the second).",
+             "spurious_rtos"),
             ("tftpd_abandoned_transfers",
              "Transfers that timed out after the client had acknowledged a block.",
              "transfers.abandoned"),

@@ -185,6 +185,7 @@ class ServerStats:
         counters["bytes_sent"] += session.bytes_sent
         counters["packets_sent"] += session.packets_sent
         counters["retransmits"] += session.retransmits
+        counters["spurious_rtos"] += session.spurious_rtos
         if session.error_code is not None and session.outcome != Outcome.PROBE:
             counters[f"errors.{session.error_code}"] += 1
         if session.outcome == Outcome.TIMEOUT and session.packets_acked:
