@@ -13,11 +13,9 @@ L{tftpd_tx.requestport.PacketInfoPort} listener.
 
 from __future__ import annotations
 
-import errno
 import select
 import socket
 import struct
-import sys
 import time
 from typing import Callable
 
@@ -28,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .requestport import PacketInfoPort
+from .segments import Segmenter
 from .transport import MAX_DATAGRAM, INetwork, ITransferPort
 
 __all__ = ["EpollNetwork", "SessionMultiplexer", "epoll_available"]
@@ -45,21 +44,6 @@ _LINGERS_PER_WAKEUP = 5
 _TIMEVAL = struct.Struct("@ll")
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
-#: UDP generic segmentation offload (Linux 4.18 and later): one C{sendmsg}
-#: with a C{UDP_SEGMENT} control message of size C{n} leaves the kernel as
-#: datagrams of C{n} bytes each (the last may be shorter).  Python 3.11's
-#: socket module does not export the constant.
-_UDP_SEGMENT = 103 if sys.platform.startswith("linux") else None
-#: The kernel's limits on one segmented send: segments, and bytes in all
-#: (an IPv4 datagram's largest payload).
-_GSO_MAX_SEGMENTS = 64
-_GSO_MAX_BYTES = 65507
-#: What the kernel says when a route or device cannot segment: too large a
-#: segment for the path MTU, no checksum offload, an older kernel.
-_GSO_REFUSED = frozenset(
-    {errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE}
-)
-_SEGMENT_SIZE = struct.Struct("@H")
 
 
 @implementer(ITransferPort)
@@ -90,7 +74,7 @@ class _TransferSocket:
         self._multiplexer = multiplexer
         self._max_packet_size = max_packet_size
         self._trim = family == socket.AF_INET6
-        self._segmenting = _UDP_SEGMENT is not None
+        self._segmenter = Segmenter()
         self._sendto = self.socket.sendto
         self._wait_bound = 0.0
 
@@ -102,34 +86,12 @@ class _TransferSocket:
         Send C{datagrams} to C{addr} in as few system calls as the kernel
         allows: where it segments UDP, a window of equal-sized datagrams
         (the last may be shorter) is one C{sendmsg} per 64 of them, instead
-        of a C{sendto} each.  Where it refuses (the path's MTU is smaller
-        than a datagram, the device cannot segment), this socket sends one
-        at a time from then on.
+        of a C{sendto} each (L{Segmenter}).
 
         @return: how many datagrams the kernel took; the rest were refused
             (a full buffer) and count as lost.
         """
-        size = len(datagrams[0])
-        per_call = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size)
-        start = sent = 0
-        if self._segmenting and per_call > 1 and len(datagrams) > 1:
-            # Segments must all be C{size} long but the last, or the kernel
-            # would cut the stream at other boundaries than ours.
-            last = len(datagrams) - 1
-            if all(len(datagram) == size for datagram in datagrams[:last]):
-                control = [(socket.SOL_UDP, _UDP_SEGMENT, _SEGMENT_SIZE.pack(size))]
-                sendmsg = self.socket.sendmsg
-                while start < len(datagrams):
-                    batch = datagrams[start : start + per_call]
-                    try:
-                        sendmsg(batch, control, _DONTWAIT, addr)
-                    except OSError as reason:
-                        if reason.errno in _GSO_REFUSED:
-                            self._segmenting = False
-                            break
-                    else:
-                        sent += len(batch)
-                    start += len(batch)
+        start, sent = self._segmenter.send(self.socket.sendmsg, datagrams, (), addr)
         write = self.socket.sendto
         for datagram in datagrams[start:]:
             try:

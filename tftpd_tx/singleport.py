@@ -35,14 +35,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.components import registerAdapter
 from zope.interface import Interface, implementer
 
-from .multiplexer import (
-    _GSO_MAX_BYTES,
-    _GSO_MAX_SEGMENTS,
-    _GSO_REFUSED,
-    _SEGMENT_SIZE,
-    _UDP_SEGMENT,
-)
 from .requestport import _DONTWAIT, ILingeringProtocol, PacketInfoPort, plain_address
+from .segments import Segmenter
 from .transport import INetwork, IRequestPort, ISharedRequestPort, ITransferPort
 
 __all__ = ["SinglePortNetwork", "SharedPort"]
@@ -100,7 +94,7 @@ class _ListenerSocketSender:
 
     def __init__(self, port: PacketInfoPort) -> None:
         self._port = port
-        self._segmenting = _UDP_SEGMENT is not None
+        self._segmenter = Segmenter()
         skt = port.socket
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             # Linux reports twice what was set (its bookkeeping included).
@@ -120,29 +114,9 @@ class _ListenerSocketSender:
 
     def send_window(self, datagrams, route) -> int:
         destination, control = route
-        skt = self._port.socket
-        size = len(datagrams[0])
-        per_call = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size)
-        start = sent = 0
-        last = len(datagrams) - 1
-        if (
-            self._segmenting
-            and per_call > 1
-            and last
-            and all(len(datagram) == size for datagram in datagrams[:last])
-        ):
-            segmented = [*control, (socket.SOL_UDP, _UDP_SEGMENT, _SEGMENT_SIZE.pack(size))]
-            while start <= last:
-                batch = datagrams[start : start + per_call]
-                try:
-                    skt.sendmsg(batch, segmented, _DONTWAIT, destination)
-                except OSError as reason:
-                    if reason.errno in _GSO_REFUSED:
-                        self._segmenting = False
-                        break
-                else:
-                    sent += len(batch)
-                start += len(batch)
+        start, sent = self._segmenter.send(
+            self._port.socket.sendmsg, datagrams, control, destination
+        )
         for datagram in datagrams[start:]:
             try:
                 self.send(datagram, route)
