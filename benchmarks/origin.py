@@ -5,6 +5,7 @@ file from a local root, in one run.
 
     python3 benchmarks/origin.py                    # 1000 clients, 16 MiB
     python3 benchmarks/origin.py --clients 200 --size-mib 4 --tftpload PATH
+    python3 benchmarks/origin.py --workers 2        # twistd tftp --workers 2
 
 Needs Linux, Debian's nginx (C{/usr/sbin/nginx}) and the C load generator
 C{tftpload} (C{--tftpload}, or C{$TFTPLOAD}).  Everything listens on
@@ -184,12 +185,30 @@ def serve(args):
 # -- the run -------------------------------------------------------------------
 
 
-def start_server(directory, port, extra):
-    report = os.path.join(directory, f"report-{port}.json")
-    process = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", "--port", str(port),
-         "--report", report, *extra],
-    )
+def start_server(directory, port, extra, workers=0):
+    """
+    A server on C{port} with the options C{extra}: this script in a child
+    process, or with C{workers} C{twistd tftp --workers} (then the report
+    is L{None}: see L{phase_report}).
+    """
+    if workers:
+        report = None
+        process = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; sys.argv[0] = 'twistd'; "
+             "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "tftp", "--workers", str(workers), "--port", str(port),
+             "--interface", "127.0.0.1", *extra],
+            cwd=directory, env=dict(os.environ, PYTHONPATH=REPO),
+            stdout=open(os.path.join(directory, f"twistd-{port}.log"), "w"),
+            stderr=subprocess.STDOUT,
+        )
+    else:
+        report = os.path.join(directory, f"report-{port}.json")
+        process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--serve", "--port", str(port),
+             "--report", report, *extra],
+        )
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def answering():
@@ -206,7 +225,49 @@ def start_server(directory, port, extra):
     return process, report
 
 
+def _family(pid):
+    """
+    C{pid} and its children (a supervisor and its workers).
+    """
+    pids = [pid]
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    pids.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+_cpu_before = {}
+
+
 def phase_report(process, report):
+    """
+    The figures of the phase that just ended, and a new phase begun.  For
+    C{twistd --workers} (no report file): the CPU seconds and the peak
+    resident memory of the supervisor and its workers together, from
+    C{/proc}; no first-DATA times.
+    """
+    if report is None:
+        cpu = peak = 0
+        for pid in _family(process.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/status") as f:
+                    status = dict(line.split(":", 1) for line in f)
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                continue
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            peak += int(status["VmHWM"].split()[0])
+        figures = {"cpu_s": cpu - _cpu_before.get(process.pid, 0.0),
+                   "first_data_p50": None, "first_data_p99": None, "rss_peak_kib": peak}
+        _cpu_before[process.pid] = cpu
+        return figures
     if os.path.exists(report):
         os.unlink(report)
     os.kill(process.pid, signal.SIGUSR1)
@@ -248,10 +309,11 @@ def run(args):
             directory, origin_port,
             ["--origin", f"http://127.0.0.1:{nginx_port}/",
              "--cache-dir", os.path.join(directory, "cache")],
+            args.workers,
         )
         processes.append(origin[0])
         local_port = free_port(socket.SOCK_DGRAM)
-        local = start_server(directory, local_port, ["--root", root])
+        local = start_server(directory, local_port, ["--root", root], args.workers)
         processes.append(local[0])
         phase_report(*origin)
         phase_report(*local)
@@ -280,9 +342,10 @@ def run(args):
 
 
 def print_table(args, rows):
+    servers = f", twistd tftp --workers {args.workers}" if args.workers else ""
     print(
         f"{args.clients} clients started over {args.ramp:g} s, one {args.size_mib} MiB "
-        f"file, blksize {args.blksize}, windowsize {args.windowsize}\n"
+        f"file, blksize {args.blksize}, windowsize {args.windowsize}{servers}\n"
     )
     print("| run | GETs (304s) | first DATA p50 / p99 | MB/s (× local) | server CPU s "
           "| failed | server peak RSS |")
@@ -297,13 +360,19 @@ def print_table(args, rows):
             ratios.append((ratio, server["cpu_s"] / local[2]["cpu_s"]))
         print(
             f"| {name} | {'—' if gets is None else f'{gets[0]} ({gets[1]})'} "
-            f"| {server['first_data_p50'] * 1000:.1f} / {server['first_data_p99'] * 1000:.1f} ms "
+            f"| {_first_data(server)} "
             f"| {result['mb_s']:.0f} ({ratio:.2f}×) | {server['cpu_s']:.1f} | {_failures(result)} "
             f"| {server['rss_peak_kib'] / 1024:.0f} MiB |"
         )
     print()
     for n, (speed, cpu) in enumerate(ratios, 1):
         print(f"warm {n} / local {n}: {speed:.2f}× the MB/s, {cpu:.2f}× the server CPU")
+
+
+def _first_data(server) -> str:
+    if server["first_data_p50"] is None:
+        return "—"
+    return f"{server['first_data_p50'] * 1000:.1f} / {server['first_data_p99'] * 1000:.1f} ms"
 
 
 def _failures(result) -> str:
@@ -336,6 +405,11 @@ def main():
     parser.add_argument(
         "--rounds", type=int, default=2,
         help="warm and local runs, alternating, after the cold one",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="serve with twistd tftp --workers N (both servers), the workers sharing "
+        "the cache directory; no first-DATA times then",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
