@@ -144,6 +144,21 @@ class ReadSession(DatagramProtocol):
     their windows.
     """
 
+    # Forty attributes are more than an instance dictionary shares its keys
+    # for (CPython keeps up to 30 shared): without slots each transfer
+    # carries a dictionary of its own, 1.5 KiB more of the few KiB that
+    # thousands of slow transfers each hold.  The protocol's own
+    # attributes (transport, numPorts) stay in the instance dictionary.
+    __slots__ = (
+        "_acked", "_ahead", "_attempt", "_blind", "_blksize", "_clock", "_deadline",
+        "_eof", "_flight_at", "_flight_clean", "_gap_pending", "_high",
+        "_last_progress", "_modulus", "_oack", "_on_end", "_on_stray", "_packets",
+        "_patience", "_pause", "_paused", "_per_block", "_port", "_probe", "_proven",
+        "_reading", "_resent_at", "_response", "_rollover", "_rtt", "_schedule",
+        "_sent", "_timer", "_timer_at", "_unproven_sends", "_window", "_write", "ended",
+        "peer", "stats",
+    )
+
     noisy = False
     _log = Logger()
 
