@@ -255,5 +255,7 @@ class OptionsTests(SynchronousTestCase):
         self.refused(["--single-port", "--handback", "127.0.0.1:7000",
                       "--handback-peer", "127.0.0.1:7000"], "this server's own")  # fmt: skip
         self.refused(["--handback-peer", "peer.example:7000"], "is not an IP address")
+        self.refused(["--single-port", "--handback", "192.0.2.250:7000",
+                      "--handback-peer", "127.0.0.2:7000"], "cannot be bound")  # fmt: skip
         self.refused(["--single-port", "--workers", "2", "--handback", "127.0.0.1:7000",
                       "--handback-peer", "127.0.0.2:7000"], "--handback with --workers")  # fmt: skip

@@ -307,6 +307,16 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--handback-peer names this server's own --handback address"
             )
+        host, port = self["handback"]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise usage.UsageError(
+                    f"--handback {host}:{port} cannot be bound ({error.strerror}): "
+                    "give an address of this host and a free port"
+                ) from None
 
     def _activated_sockets(self) -> list:
         """
