@@ -36,6 +36,9 @@ class RoundTrip:
     @ivar rto: the current retransmission timeout (without backoff).
     """
 
+    # One per transfer, thousands at once: no dictionary each.
+    __slots__ = ("floor", "ceiling", "srtt", "rttvar", "rto")
+
     def __init__(
         self, initial: float, floor: float, ceiling: float, seed: float | None = None
     ) -> None:

@@ -189,6 +189,9 @@ class TFTPServer(DatagramProtocol):
         )
         self.draining = False
         self.hand_back = None
+        # Bound once, not once per transfer: each session keeps both.
+        self._on_session_end = self._session_ended
+        self._on_stray = self._stray
         self._stopped = False
         self.descriptor_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._malformed_line = OccasionalLine(reactor, MALFORMED_LOG_INTERVAL)
@@ -569,8 +572,8 @@ class TFTPServer(DatagramProtocol):
             round_trip=self.round_trip_for(request.peer, negotiated.timeout),
             rollover=settings.rollover,
             stats=stats,
-            on_end=self._session_ended,
-            on_stray=self._stray,
+            on_end=self._on_session_end,
+            on_stray=self._on_stray,
         )
         self.sessions[stats.session_id] = session
         self._busy_peers[request.peer] = session
