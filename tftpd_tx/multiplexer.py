@@ -62,6 +62,12 @@ class _TransferSocket:
     other call passes C{MSG_DONTWAIT} and never blocks.
     """
 
+    # One per transfer, thousands at once: no dictionary each.
+    __slots__ = (
+        "socket", "protocol", "_multiplexer", "_max_packet_size", "_trim", "_segmenter",
+        "_sendto", "_wait_bound",
+    )
+
     def __init__(self, multiplexer, protocol, interface: str, max_packet_size: int):
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

@@ -37,6 +37,8 @@ class Segmenter:
     on, this socket's windows go a datagram at a time.
     """
 
+    __slots__ = ("segmenting",)
+
     def __init__(self) -> None:
         self.segmenting = UDP_SEGMENT is not None
 
