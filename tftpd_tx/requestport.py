@@ -71,6 +71,21 @@ def plain_address(address) -> tuple[str, int]:
     return (plain_host(address[0]), address[1])
 
 
+#: The receive buffer a request port asks for, as far as the kernel's
+#: C{net.core.rmem_max} allows (a socket unit's C{ReceiveBuffer=} is not
+#: bound by it; a socket that has more keeps it): a burst of requests, or a
+#: flood, waits there while the reactor is busy (thousands of transfers
+#: retransmitting at once) rather than pushing other clients' requests out
+#: of a full buffer.  The kernel charges only what is queued.
+REQUEST_BUFFER = 4 * 1024 * 1024
+
+
+def _widen_receive_buffer(skt: socket.socket) -> None:
+    # Linux reports twice what was set (its bookkeeping included).
+    if skt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 2 * REQUEST_BUFFER:
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, REQUEST_BUFFER)
+
+
 class ILingeringProtocol(Interface):
     """
     A protocol that may have its L{PacketInfoPort} wait a little for the
@@ -128,6 +143,7 @@ class PacketInfoPort(udp.Port):
         # nothing of the destination addresses this port must learn.
         port._preexistingSocket.setblocking(False)
         port._ask_destination(port._preexistingSocket)
+        _widen_receive_buffer(port._preexistingSocket)
         port.startListening()
         return port
 
@@ -136,6 +152,7 @@ class PacketInfoPort(udp.Port):
         if self.addressFamily == socket.AF_INET6 and self.interface in ("::", ""):
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self._ask_destination(skt)
+        _widen_receive_buffer(skt)
         return skt
 
     def _ask_destination(self, skt: socket.socket) -> None:
