@@ -239,6 +239,7 @@ class OptionsTests(SynchronousTestCase):
         service = tap.makeService(options)
         handback = service.getServiceNamed("handback")
         server = service.getServiceNamed("tftp").server
+        handback.privilegedStartService()
         handback.startService()
         self.addCleanup(handback.stopService)
         self.assertIsNotNone(server.hand_back)

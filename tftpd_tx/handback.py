@@ -167,8 +167,9 @@ class HandbackService(Service):
         self._reactor = reactor
         self._port = None
 
-    def startService(self) -> None:
-        super().startService()
+    def privilegedStartService(self) -> None:
+        # Bound before twistd -u/-g drops privileges, as the listener is.
+        super().privilegedStartService()
         protocol = HandbackProtocol(self._server, self._peers, self._reactor)
         host, port = self._address
         self._port = self._reactor.listenUDP(port, protocol, interface=host)

@@ -308,15 +308,12 @@ class Options(usage.Options):
                 "--handback-peer names this server's own --handback address"
             )
         host, port = self["handback"]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError as error:
-                raise usage.UsageError(
-                    f"--handback {host}:{port} cannot be bound ({error.strerror}): "
-                    "give an address of this host and a free port"
-                ) from None
+        error = _bind_error(host, port)
+        if error is not None:
+            raise usage.UsageError(
+                f"--handback {host}:{port} cannot be bound ({error.strerror}): "
+                "give an address of this host and a free port"
+            )
 
     def _activated_sockets(self) -> list:
         """
@@ -341,14 +338,9 @@ class Options(usage.Options):
         fault rather than as a traceback from inside twistd.
         """
         address, port = listening_address(self["interface"]), self["port"]
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            if address == "::":
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            try:
-                probe.bind((address, port))
-            except OSError as error:
-                raise usage.UsageError(_bind_problem(error, address, port)) from None
+        error = _bind_error(address, port)
+        if error is not None:
+            raise usage.UsageError(_bind_problem(error, address, port))
 
     def _check_manhole(self) -> None:
         # Conch is imported only when a manhole is asked for.
@@ -429,6 +421,22 @@ class Options(usage.Options):
                 f"--root {root!r} cannot be read by this user: fix its "
                 "permissions or run as a user who can read it"
             )
+
+
+def _bind_error(address: str, port: int) -> OSError | None:
+    """
+    Bind a UDP socket to C{(address, port)} and let it go at once: why it
+    cannot be bound, or L{None}.  (C{"::"} is dual-stack, as the listener.)
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        if address == "::":
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            return error
+    return None
 
 
 def _bind_problem(error: OSError, address: str, port: int) -> str:
