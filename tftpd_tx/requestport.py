@@ -80,10 +80,15 @@ def plain_address(address) -> tuple[str, int]:
 REQUEST_BUFFER = 4 * 1024 * 1024
 
 
-def _widen_receive_buffer(skt: socket.socket) -> None:
+def widen_buffer(skt: socket.socket, option: int, size: int) -> None:
+    """
+    Ask for a C{SO_RCVBUF} or C{SO_SNDBUF} of C{size} bytes, unless the
+    socket has that much already (the kernel grants up to its C{rmem_max} or
+    C{wmem_max}).
+    """
     # Linux reports twice what was set (its bookkeeping included).
-    if skt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 2 * REQUEST_BUFFER:
-        skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, REQUEST_BUFFER)
+    if skt.getsockopt(socket.SOL_SOCKET, option) < 2 * size:
+        skt.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 class ILingeringProtocol(Interface):
@@ -143,7 +148,7 @@ class PacketInfoPort(udp.Port):
         # nothing of the destination addresses this port must learn.
         port._preexistingSocket.setblocking(False)
         port._ask_destination(port._preexistingSocket)
-        _widen_receive_buffer(port._preexistingSocket)
+        widen_buffer(port._preexistingSocket, socket.SO_RCVBUF, REQUEST_BUFFER)
         port.startListening()
         return port
 
@@ -152,7 +157,7 @@ class PacketInfoPort(udp.Port):
         if self.addressFamily == socket.AF_INET6 and self.interface in ("::", ""):
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self._ask_destination(skt)
-        _widen_receive_buffer(skt)
+        widen_buffer(skt, socket.SO_RCVBUF, REQUEST_BUFFER)
         return skt
 
     def _ask_destination(self, skt: socket.socket) -> None:

@@ -35,7 +35,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.components import registerAdapter
 from zope.interface import Interface, implementer
 
-from .requestport import _DONTWAIT, ILingeringProtocol, PacketInfoPort, plain_address
+from .requestport import (
+    _DONTWAIT,
+    ILingeringProtocol,
+    PacketInfoPort,
+    plain_address,
+    widen_buffer,
+)
 from .segments import Segmenter
 from .transport import INetwork, IRequestPort, ISharedRequestPort, ITransferPort
 
@@ -95,11 +101,8 @@ class _ListenerSocketSender:
     def __init__(self, port: PacketInfoPort) -> None:
         self._port = port
         self._segmenter = Segmenter()
-        skt = port.socket
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            # Linux reports twice what was set (its bookkeeping included).
-            if skt.getsockopt(socket.SOL_SOCKET, option) < 2 * SHARED_BUFFER:
-                skt.setsockopt(socket.SOL_SOCKET, option, SHARED_BUFFER)
+            widen_buffer(port.socket, option, SHARED_BUFFER)
 
     def route(self, addr, source):
         port = self._port
