@@ -463,6 +463,24 @@ class _Flight:
         waiters, self._waiters = self._waiters, []
         return waiters
 
+    def _serve_waiters_from(self, entry) -> int:
+        """
+        Answer every waiting request from the cache's C{entry}; one whose
+        entry went meanwhile (evicted, removed) is fetched whole.
+
+        @return: how many were answered from C{entry}.
+        """
+        handler = self.handler
+        served = 0
+        for request, waiting in self._take_waiters():
+            response = handler.open_entry(entry)
+            if response is None:
+                handler.fetch(request).chainDeferred(waiting)
+            else:
+                served += 1
+                waiting.callback(response)
+        return served
+
     # -- the headers ---------------------------------------------------------
 
     def _answered(self, response) -> None:
@@ -554,14 +572,7 @@ class _Flight:
             last_modified=headers.get("last-modified", stale.last_modified),
             **changes,
         )
-        for request, waiting in self._take_waiters():
-            response = handler.open_entry(entry)
-            if response is None:
-                # Evicted or removed meanwhile: fetch it whole.
-                handler.fetch(request).chainDeferred(waiting)
-            else:
-                handler.stats.revalidations += 1
-                waiting.callback(response)
+        handler.stats.revalidations += self._serve_waiters_from(entry)
 
     # -- the body ------------------------------------------------------------
 
@@ -698,13 +709,7 @@ class _Flight:
             entry = handler.cache.get(self.url)
             if entry is not None and entry.fresh(handler.reactor.seconds()):
                 self._done()
-                for request, waiting in self._take_waiters():
-                    response = handler.open_entry(entry)
-                    if response is None:
-                        handler.fetch(request).chainDeferred(waiting)
-                    else:
-                        handler.stats.hits += 1
-                        waiting.callback(response)
+                handler.stats.hits += self._serve_waiters_from(entry)
                 return
             self.start(self._request)
             return
