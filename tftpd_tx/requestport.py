@@ -71,15 +71,6 @@ def plain_address(address) -> tuple[str, int]:
     return (plain_host(address[0]), address[1])
 
 
-#: The receive buffer a request port asks for, as far as the kernel's
-#: C{net.core.rmem_max} allows (a socket unit's C{ReceiveBuffer=} is not
-#: bound by it; a socket that has more keeps it): a burst of requests, or a
-#: flood, waits there while the reactor is busy (thousands of transfers
-#: retransmitting at once) rather than pushing other clients' requests out
-#: of a full buffer.  The kernel charges only what is queued.
-REQUEST_BUFFER = 4 * 1024 * 1024
-
-
 def widen_buffer(skt: socket.socket, option: int, size: int) -> None:
     """
     Ask for a C{SO_RCVBUF} or C{SO_SNDBUF} of C{size} bytes, unless the
@@ -148,7 +139,6 @@ class PacketInfoPort(udp.Port):
         # nothing of the destination addresses this port must learn.
         port._preexistingSocket.setblocking(False)
         port._ask_destination(port._preexistingSocket)
-        widen_buffer(port._preexistingSocket, socket.SO_RCVBUF, REQUEST_BUFFER)
         port.startListening()
         return port
 
@@ -157,7 +147,6 @@ class PacketInfoPort(udp.Port):
         if self.addressFamily == socket.AF_INET6 and self.interface in ("::", ""):
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self._ask_destination(skt)
-        widen_buffer(skt, socket.SO_RCVBUF, REQUEST_BUFFER)
         return skt
 
     def _ask_destination(self, skt: socket.socket) -> None:
