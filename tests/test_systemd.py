@@ -11,6 +11,7 @@ C{CI=true}, where it fails them (.ci/run must install it).
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -19,6 +20,9 @@ import socket
 import subprocess
 import sys
 
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -26,6 +30,7 @@ from clients import (
     REPO_ROOT,
     TWISTD,
     assert_fetched,
+    bytes_problem,
     curl,
     fetch,
     free_udp_port,
@@ -39,8 +44,10 @@ from clients import (
     twistd_environment,
 )
 from tftpd_tx import tap
+from tftpd_tx.service import TFTPService
 from tftpd_tx.singleport import SharedPort
 from tftpd_tx.systemd import datagram_sockets, listen_fds
+from tftpd_tx.workers import AUTO, Supervisor, worker_command_line, worker_sockets
 
 UNITS = os.path.join(REPO_ROOT, "contrib", "systemd")
 UNIT_NAMES = ("tftpd_tx.socket", "tftpd_tx.service")
@@ -141,6 +148,97 @@ class DatagramSocketsTests(SynchronousTestCase):
         self.assertIn("not open", str(self.assertRaises(ValueError, datagram_sockets, [write])))
 
 
+def _reuseport_pair(testcase, host="127.0.0.1", option=socket.SO_REUSEPORT):
+    """
+    Two datagram sockets bound to one address and port (with C{option} set
+    on both), closed when C{testcase} ends.
+    """
+    pair = []
+    port = 0
+    for _ in range(2):
+        skt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        testcase.addCleanup(skt.close)
+        skt.setsockopt(socket.SOL_SOCKET, option, 1)
+        skt.bind((host, port))
+        port = skt.getsockname()[1]
+        pair.append(skt)
+    return pair
+
+
+class WorkerSocketsTests(SynchronousTestCase):
+    """
+    C{--systemd --workers N}: the sockets handed over, grouped by address,
+    N on each, one of each address for each worker.
+    """
+
+    def bind(self, host):
+        skt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(skt.close)
+        skt.bind((host, 0))
+        return skt
+
+    def pair(self, host, option=socket.SO_REUSEPORT):
+        return _reuseport_pair(self, host, option)
+
+    def test_one_of_each_address_per_worker(self):
+        """
+        Two sockets on each of two addresses, in the order a socket unit
+        with each C{ListenDatagram=} line given twice hands them over: each
+        of two workers gets the next socket of each address.
+        """
+        a1, a2 = self.pair("127.0.0.1")
+        b1, b2 = self.pair("127.0.0.2")
+        self.assertEqual(worker_sockets([a1, b1, a2, b2], 2), [[a1, b1], [a2, b2]])
+        self.assertEqual(worker_sockets([a1, a2, b1, b2], 2), [[a1, b1], [a2, b2]])
+
+    def test_auto(self):
+        """
+        For C{--workers auto}, as many workers as each address has sockets.
+        """
+        a1, a2 = self.pair("127.0.0.1")
+        self.assertEqual(worker_sockets([a1, a2], AUTO), [[a1], [a2]])
+        self.assertEqual(worker_sockets([a1], AUTO), [[a1]])
+
+    def test_too_few_or_too_many(self):
+        """
+        An address with another number of sockets than the workers is
+        refused, naming the address and the two ways out.
+        """
+        a1, a2 = self.pair("127.0.0.1")
+        b1 = self.bind("127.0.0.2")
+        name = f"127.0.0.2:{b1.getsockname()[1]}"
+        error = self.assertRaises(ValueError, worker_sockets, [a1, a2, b1], 2)
+        self.assertIn(
+            f"1 socket(s) on {name}: repeat ListenDatagram={name} 2 times with ReusePort=yes",
+            str(error),
+        )
+        self.assertIn("set --workers to the count", str(error))
+        self.assertRaises(ValueError, worker_sockets, [a1, a2], 3)
+
+    def test_auto_uneven(self):
+        """
+        For C{--workers auto}, addresses with different numbers of sockets
+        are refused, listing them.
+        """
+        a1, a2 = self.pair("127.0.0.1")
+        b1 = self.bind("127.0.0.2")
+        error = self.assertRaises(ValueError, worker_sockets, [a1, a2, b1], AUTO)
+        self.assertIn("different numbers of sockets", str(error))
+        self.assertIn(f"127.0.0.2:{b1.getsockname()[1]}: 1", str(error))
+
+    def test_without_reuseport(self):
+        """
+        Sockets sharing an address with C{SO_REUSEADDR} only (a unit without
+        C{ReusePort=yes}) are refused: one of them would get every datagram.
+        One socket per address needs no C{SO_REUSEPORT}.
+        """
+        a1, a2 = self.pair("127.0.0.1", socket.SO_REUSEADDR)
+        error = self.assertRaises(ValueError, worker_sockets, [a1, a2], 2)
+        self.assertIn("lack SO_REUSEPORT", str(error))
+        self.assertIn("set ReusePort=yes in the socket unit", str(error))
+        self.assertEqual(worker_sockets([a1], 1), [[a1]])
+
+
 class TapTests(TestCase):
     """
     C{twistd tftp --systemd}: options and service.
@@ -174,6 +272,46 @@ class TapTests(TestCase):
         self.addCleanup(skt.close)
         error = self.assertRaises(usage.UsageError, self.options, "--systemd", fds=[skt.fileno()])
         self.assertIn("ListenDatagram=", str(error))
+
+    def test_workers_share_the_sockets(self):
+        """
+        C{--systemd --workers 2} with two sockets on one address runs a
+        supervisor over them; C{--workers auto} is as many workers as the
+        address has sockets, one socket being one process.
+        """
+        first, second = _reuseport_pair(self)
+        fds = [first.fileno(), second.fileno()]
+        options = self.options("--systemd", "--workers", "2", fds=fds)
+        self.assertIsInstance(tap.makeService(options).getServiceNamed("tftp"), Supervisor)
+        self.assertEqual(self.options("--systemd", "--workers", "auto", fds=fds)["workers"], 2)
+        alone = self.options("--systemd", "--workers", "auto", fds=fds[:1])
+        self.assertEqual(alone["workers"], 1)
+        self.assertIsInstance(tap.makeService(alone).getServiceNamed("tftp"), TFTPService)
+
+    def test_workers_are_not_given_systemd(self):
+        """
+        A worker serves the sockets its supervisor hands it: C{--systemd}
+        is not on its command line.
+        """
+        first, second = _reuseport_pair(self)
+        options = self.options(
+            "--systemd", "--workers", "2", fds=[first.fileno(), second.fileno()]
+        )
+        self.assertNotIn("--systemd", worker_command_line(options))
+
+    def test_workers_count_mismatch(self):
+        """
+        C{--systemd --workers 2} with one socket on the address stops at
+        start, naming the fix.
+        """
+        skt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(skt.close)
+        skt.bind(("127.0.0.1", 0))
+        error = self.assertRaises(
+            usage.UsageError, self.options, "--systemd", "--workers", "2", fds=[skt.fileno()]
+        )
+        self.assertIn("--systemd --workers 2:", str(error))
+        self.assertIn("ReusePort=yes", str(error))
 
     async def test_serves_the_sockets(self):
         """
@@ -336,20 +474,205 @@ class SocketActivationTests(TestCase):
         await self.check("--single-port")
 
 
-def _units(section_of_interest: str, path: str) -> dict[str, list[str]]:
+#: Hands its program sockets with SO_REUSEPORT, as a socket unit would.
+ACTIVATE = [sys.executable, os.path.join(REPO_ROOT, "tests", "activate.py")]
+
+
+class SocketActivationWorkersTests(TestCase):
     """
-    The C{Key=value} lines of one section of a unit file.
+    C{twistd tftp --systemd --workers 2} under C{systemd-socket-activate},
+    handed two C{SO_REUSEPORT} sockets on each of two addresses as a socket
+    unit repeating each C{ListenDatagram=} line with C{ReusePort=yes} would
+    (L{ACTIVATE} binds them: C{systemd-socket-activate} passes on what it
+    was given).
+    """
+
+    timeout = 120
+
+    def setUp(self):
+        self.activate = require_program("systemd-socket-activate")
+        self.directory = make_directory(self)
+        self.root = os.path.join(self.directory, "root")
+        os.mkdir(self.root)
+        self.content = random_file(self.root, "file", 30_000)
+        self.addresses = [
+            ("127.0.0.1", free_udp_port()), ("127.0.0.2", free_udp_port("127.0.0.2"))
+        ]
+
+    def spawn(self, sockets, *options):
+        """
+        Start C{twistd tftp --systemd} under C{systemd-socket-activate},
+        handed C{sockets} (C{"HOST:PORT"}, and C{--plain} first for no
+        C{SO_REUSEPORT}), and send it the datagram that starts it.
+        """
+        env = twistd_environment()
+        process = spawn(
+            [
+                *ACTIVATE, *sockets, "--", self.activate, "--datagram",
+                "-E", f"PYTHONPATH={env['PYTHONPATH']}",
+                *TWISTD, "-n", "--pidfile=", "tftp", "--systemd", "--root", self.root,
+                "--shutdown-grace", "1", *options,
+            ],
+            cwd=self.directory,
+            env=env,
+        )  # fmt: skip
+
+        def stop():
+            if not process.ended.called:
+                pids = re.findall(rb"Worker \d+ started \(pid (\d+)\)", process.output())
+                process.signal("KILL")
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            return process.ended
+
+        self.addCleanup(stop)
+        return process
+
+    def interleaved(self) -> list[str]:
+        return [f"{host}:{port}" for host, port in self.addresses] * 2
+
+    async def serve(self, *options):
+        process = self.spawn(self.interleaved(), "--workers", "2", *options)
+        for _ in range(200):
+            self.assertFalse(process.ended.called, f"exited: {process.output()!r}")
+            if len(re.findall(rb"Worker \d serving", process.output())) == 2:
+                break
+            # Any datagram starts twistd; this one completes no transfer.
+            await read_raw(self.addresses[0], rrq("missing"), timeout=0.2, retries=0)
+        else:
+            self.fail(f"never served: {process.output()!r}")
+        log = process.output().decode("utf-8", "replace")
+        for worker in (1, 2):
+            for host, port in self.addresses:
+                self.assertRegex(
+                    log,
+                    rf"\[worker {worker} tftpd_tx\.service\.TFTPService#info\] TFTP server"
+                    rf" listening on \[{re.escape(host)}\]:{port} \(a socket handed over",
+                )
+        fetched = await gatherResults(
+            [read_raw(address, rrq("file")) for address in self.addresses for _ in range(20)]
+        )
+        for number, transfer in enumerate(fetched):
+            address = self.addresses[number // 20]
+            self.assertIsNone(bytes_problem(transfer.content, self.content), address)
+            if "--single-port" in options:
+                self.assertEqual(transfer.sources, {address})
+        for host, port in self.addresses:
+            got = await fetch(curl(), host, port, "file", self.directory)
+            assert_fetched(self, got, self.content, f"curl from {host}:{port}")
+        served = collections.Counter()
+        for _ in range(100):
+            log = process.output().decode("utf-8", "replace")
+            served = collections.Counter(re.findall(_COMPLETED, log))
+            if sum(served.values()) >= 42:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(sum(served.values()), 42, served)
+        everywhere = {(worker, host) for worker in "12" for host, _ in self.addresses}
+        self.assertEqual(set(served), everywhere, served)
+        process.signal("TERM")
+        result = await process.ended
+        self.assertIn(result.signal, (None, signal.SIGTERM), result.describe())
+        self.assertIn(b"Workers stopped\n", result.out)
+        self.assertNotIn(b"Traceback", result.out + result.err)
+        return served
+
+    async def test_classic(self):
+        """
+        Forty fetches from as many client ports and two with curl, half on
+        each address, get the file byte for byte; each worker listens on
+        both addresses (one socket of each), and each served on both;
+        SIGTERM stops them all cleanly.
+        """
+        await self.serve()
+
+    async def test_single_port(self):
+        """
+        The same with C{--single-port}: every reply leaves from the address
+        and port asked, whichever worker has the transfer.
+        """
+        await self.serve("--single-port")
+
+    async def refused(self, sockets, message):
+        process = self.spawn(sockets, "--workers", "2")
+        for _ in range(50):
+            if process.ended.called:
+                break
+            await read_raw(self.addresses[0], rrq("file"), timeout=0.2, retries=0)
+        result = await process.ended
+        self.assertNotEqual(result.code, 0, result.describe())
+        self.assertIn(message.encode(), result.out + result.err)
+        self.assertNotIn(b"Traceback", result.out + result.err)
+
+    async def test_count_mismatch(self):
+        """
+        One socket on an address for two workers stops twistd at start,
+        naming the fix.
+        """
+        host, port = self.addresses[0]
+        await self.refused(
+            [f"{host}:{port}"],
+            f"--systemd --workers 2: systemd handed over 1 socket(s) on {host}:{port}:"
+            f" repeat ListenDatagram={host}:{port} 2 times with ReusePort=yes",
+        )
+
+    async def test_without_reuseport(self):
+        """
+        Two sockets on an address without C{SO_REUSEPORT} (a unit without
+        C{ReusePort=yes}) stop twistd at start, naming the fix.
+        """
+        host, port = self.addresses[0]
+        await self.refused(
+            ["--plain", f"{host}:{port}", f"{host}:{port}"], "set ReusePort=yes in the socket unit"
+        )
+
+
+#: A worker's log line for a transfer it completed: the worker's number and
+#: the server's address.
+_COMPLETED = (
+    r"\[worker (\d+) tftpd_tx\.server\.TFTPServer#info\] completed: 'file' to \S+ \S+"
+    r" from \('([\d.]+)'"
+)
+
+
+#: The commented example of the units for two workers, as one would edit
+#: them: the service's second C{ExecStart=} in place of the first, the
+#: socket's second C{ListenDatagram=69} uncommented.
+_WORKERS = (
+    (r"^ExecStart=.*\n((?:#.*\n)*?)#(ExecStart=.*--workers)", r"\1\2"),
+    (r"^#(ListenDatagram=69)$", r"\1"),
+)
+
+
+def _edited(path: str, *edits) -> str:
+    """
+    The text of a unit file, with each C{(pattern, replacement)} of
+    C{edits} made (on lines: C{re.M}).
+    """
+    with open(path) as unit:
+        text = unit.read()
+    for pattern, replacement in edits:
+        text = re.sub(pattern, replacement, text, flags=re.M)
+    return text
+
+
+def _units(section_of_interest: str, path: str, edits=()) -> dict[str, list[str]]:
+    """
+    The C{Key=value} lines of one section of a unit file (with C{edits},
+    see L{_edited}).
     """
     values: dict[str, list[str]] = {}
     section = None
-    with open(path) as unit:
-        for line in unit:
-            line = line.strip()
-            if line.startswith("["):
-                section = line.strip("[]")
-            elif line and not line.startswith("#") and section == section_of_interest:
-                key, _, value = line.partition("=")
-                values.setdefault(key, []).append(value)
+    for line in _edited(path, *edits).splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and not line.startswith("#") and section == section_of_interest:
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
     return values
 
 
@@ -390,12 +713,32 @@ class UnitFileTests(SynchronousTestCase):
         self.assertEqual({key: service.get(key) for key in expected}, expected)
         self.assertNotIn("ReadWritePaths", service)
 
+    def test_workers_example(self):
+        """
+        The commented example for two workers repeats the dual-stack
+        C{ListenDatagram=} line, and runs C{--workers auto}.
+        """
+        socket_unit = _units("Socket", os.path.join(UNITS, "tftpd_tx.socket"), _WORKERS)
+        self.assertEqual(socket_unit["ListenDatagram"], ["69", "69"])
+        service = _units("Service", os.path.join(UNITS, "tftpd_tx.service"), _WORKERS)
+        (command,) = service["ExecStart"]
+        self.assertIn(" tftp --systemd --workers auto ", command)
+
     def test_systemd_analyze_verify(self):
         """
         C{systemd-analyze verify} accepts both units without a word, with
         C{ExecStart=} pointed at the C{twistd} these tests run (verify
         checks that the program exists).
         """
+        self.verify()
+
+    def test_systemd_analyze_verify_workers(self):
+        """
+        And the units of the example for two workers too.
+        """
+        self.verify(*_WORKERS)
+
+    def verify(self, *edits):
         analyze = require_program("systemd-analyze")
         twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
         if not os.path.exists(twistd):
@@ -403,8 +746,8 @@ class UnitFileTests(SynchronousTestCase):
         directory = self.mktemp()
         os.makedirs(directory)
         for name in UNIT_NAMES:
-            with open(os.path.join(UNITS, name)) as source:
-                text = re.sub(r"^ExecStart=\S+", f"ExecStart={twistd}", source.read(), flags=re.M)
+            text = _edited(os.path.join(UNITS, name), *edits)
+            text = re.sub(r"^ExecStart=\S+", f"ExecStart={twistd}", text, flags=re.M)
             with open(os.path.join(directory, name), "w") as copy:
                 copy.write(text)
         result = subprocess.run(

@@ -98,7 +98,9 @@ class WorkerCountTests(SynchronousTestCase):
         """
         C{auto} is one worker per CPU this process may run on.
         """
-        self.assertEqual(worker_count("auto"), len(os.sched_getaffinity(0)))
+        options = Options()
+        options.parseOptions(["--workers", "auto", "--root", "/", "--port", str(free_udp_port())])
+        self.assertEqual(options["workers"], len(os.sched_getaffinity(0)))
 
     def test_refused(self):
         """
@@ -109,17 +111,6 @@ class WorkerCountTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 options.parseOptions(["--workers", text, "--root", "/"])
             self.assertIn("workers", str(caught.exception))
-
-    def test_not_with_systemd(self):
-        """
-        C{--systemd} hands over one socket, bound by systemd; the workers
-        need one each, bound by the supervisor: the two are refused
-        together, naming both.
-        """
-        options = Options()
-        with self.assertRaises(usage.UsageError) as caught:
-            options.parseOptions(["--workers", "2", "--systemd", "--root", "/"])
-        self.assertIn("--workers with --systemd", str(caught.exception))
 
     def test_default(self):
         """

@@ -26,7 +26,7 @@ from .filesystem import FilesystemHandler
 from .handback import parse_address
 from .settings import SCHEMA, Setting, Settings
 from .service import TFTPService, listening_address
-from .workers import worker_count
+from .workers import AUTO, worker_count, worker_sockets
 
 #: The listening port, checked as the settings are (it is not one: it is
 #: where the server listens, not how it behaves).
@@ -123,7 +123,8 @@ class Options(usage.Options):
             1,
             "Serve with this many worker processes on the same address and "
             "port (SO_REUSEPORT), under one supervisor that has the host's one "
-            "operations endpoint and manhole; 'auto': one per CPU.",
+            "operations endpoint and manhole; 'auto': one per CPU. With "
+            "--systemd, the socket unit makes a socket per worker and address.",
             worker_count,
         ],
         *[_parameter(row) for row in SCHEMA if row.kind is not bool],
@@ -247,17 +248,15 @@ class Options(usage.Options):
                     f"--interface {interface!r} is not an IP address: give an "
                     "IPv4 or IPv6 address, or leave it out to listen on every address"
                 )
-        if self["systemd"] and self["workers"] > 1:
-            raise usage.UsageError(
-                "--workers with --systemd: each worker needs a socket of its own, "
-                "which the supervisor binds with SO_REUSEPORT before it drops "
-                "privileges; start twistd as root with -u/-g instead of from the "
-                "socket unit, or leave --workers out"
-            )
+        self["worker-sockets"] = None
         if self["systemd"]:
             self["sockets"] = self._activated_sockets()
+            if self["workers"] != 1:
+                self._share_activated()
         else:
             self["sockets"] = []
+            if self["workers"] == AUTO:
+                self["workers"] = len(os.sched_getaffinity(0))
             self._check_bindable()
         if self["manhole"] is not None:
             self._check_manhole()
@@ -330,6 +329,17 @@ class Options(usage.Options):
             return systemd.datagram_sockets(_ACTIVATED_FDS)
         except ValueError as error:
             raise usage.UsageError(f"--systemd: {error}") from None
+
+    def _share_activated(self) -> None:
+        """
+        For C{--systemd --workers}: each worker's sockets, from those
+        systemd handed over (L{worker_sockets}), and as many workers.
+        """
+        try:
+            self["worker-sockets"] = worker_sockets(self["sockets"], self["workers"])
+        except ValueError as error:
+            raise usage.UsageError(f"--systemd {error}") from None
+        self["workers"] = len(self["worker-sockets"])
 
     def _check_bindable(self) -> None:
         """

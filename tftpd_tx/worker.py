@@ -4,12 +4,13 @@ One worker of C{twistd tftp --workers N}: the process that the supervisor
 
     python -m tftpd_tx.worker --index 2 --control-fd 3 --socket-fd 4 -- OPTIONS
 
-with a bound listening socket on descriptor 4 and its end of the control
+with a bound listening socket on descriptor 4 (more with C{--socket-fd 5}
+and so on: one per address under C{--systemd}) and its end of the control
 channel on descriptor 3.  OPTIONS are C{twistd tftp}'s own, less those that
 belong to the supervisor (L{tftpd_tx.workers.worker_command_line}): the
 worker parses them as C{twistd tftp} does and makes the same service with
-L{tftpd_tx.tap.makeService}, given the socket to serve instead of a port to
-bind (as the sockets of C{--systemd} are given).
+L{tftpd_tx.tap.makeService}, given the sockets to serve instead of a port to
+bind (as one process is given those of C{--systemd}).
 
 A worker follows its supervisor.  It answers the commands of
 L{tftpd_tx.control} (L{WorkerControl}); it ignores a SIGTERM or SIGINT of
@@ -307,7 +308,10 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--index", type=int, required=True, help="the worker's number, 1 to N")
     parser.add_argument("--control-fd", type=int, required=True, help="the control channel")
-    parser.add_argument("--socket-fd", type=int, required=True, help="the bound listener")
+    parser.add_argument(
+        "--socket-fd", type=int, action="append", required=True,
+        help="a bound listener (once for each)",
+    )  # fmt: skip
     parser.add_argument("options", nargs=argparse.REMAINDER, help="-- twistd tftp options")
     arguments = parser.parse_args(argv)
     if arguments.options[:1] == ["--"]:
@@ -332,8 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     except usage.UsageError as error:
         log.critical("Worker {worker} cannot start: {error}", worker=arguments.index, error=error)
         sys.exit(2)
-    # Serve the socket given, not --port (0 here: see worker_command_line).
-    options["sockets"] = [socket.socket(fileno=arguments.socket_fd)]
+    # Serve the sockets given, not --port (0 here: see worker_command_line).
+    options["sockets"] = [socket.socket(fileno=fd) for fd in arguments.socket_fd]
     top = tap.makeService(options)
     worker = Worker(top, reactor)
     reactor.callWhenRunning(worker.run, socket.socket(fileno=arguments.control_fd))

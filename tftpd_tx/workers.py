@@ -5,16 +5,18 @@ still one server to its clients and its operators.
 
 The supervisor (L{Supervisor}) binds N datagram sockets to the address with
 C{SO_REUSEPORT} in C{privilegedStartService}, before C{twistd -u/-g} drops
-privileges, and starts one worker (L{tftpd_tx.worker}) per socket with
-C{reactor.spawnProcess}, handing it its socket and one end of a stream
-socket pair that carries the AMP commands of L{tftpd_tx.control}.  The
-kernel picks the socket of each datagram by a hash of its source and
-destination addresses and ports, so one client (address and port) always
-reaches the same worker: a retransmitted RRQ reaches the worker serving it,
-which knows it for a retransmission.  The supervisor keeps every socket open
-for its whole life, so that the set the kernel hashes over never changes: a
-worker that ends leaves its socket to the next, and what arrives for it
-meanwhile waits in the socket's buffer.
+privileges, or under C{--systemd} takes the N sockets per address that the
+socket unit made (L{worker_sockets}), and starts one worker
+(L{tftpd_tx.worker}) per socket with C{reactor.spawnProcess}, handing it its
+socket (one per address) and one end of a stream socket pair that carries
+the AMP commands of L{tftpd_tx.control}.  The kernel picks the socket of
+each datagram by a hash of its source and destination addresses and ports,
+so one client (address and port) always reaches the same worker: a
+retransmitted RRQ reaches the worker serving it, which knows it for a
+retransmission.  The supervisor keeps every socket open for its whole life,
+so that the set the kernel hashes over never changes: a worker that ends
+leaves its sockets to the next, and what arrives for it meanwhile waits in
+the sockets' buffers.
 
 The supervisor is the host's only operations endpoint and manhole: it asks
 every worker for its figures and its transfers every second, and
@@ -56,6 +58,7 @@ __all__ = [
     "restart_delay",
     "worker_command_line",
     "worker_count",
+    "worker_sockets",
 ]
 
 #: Seconds before a worker that ended is started again: the first delay
@@ -76,25 +79,31 @@ UNRESPONSIVE_AFTER = 30.0
 STOP_MARGIN = 5.0
 
 #: The options of C{twistd tftp} that are the supervisor's alone: a worker
-#: serves the socket it is given, and the host has one operations endpoint
-#: and one manhole.
+#: serves the sockets it is given (bound by the supervisor, or by systemd),
+#: and the host has one operations endpoint and one manhole.
 SUPERVISOR_ONLY = frozenset(
     {
-        "workers", "port", "ops", "ops-allow-remote", "health-canary", "disable-file",
+        "workers", "port", "systemd", "ops", "ops-allow-remote", "health-canary", "disable-file",
         "manhole", "manhole-keys", "manhole-allow-remote", "state-dir",
     }
 )  # fmt: skip
 
 
-def worker_count(text: str) -> int:
+#: What C{--workers auto} parses to, until C{twistd tftp}'s options know
+#: what it means (L{tftpd_tx.tap.Options}): one worker per CPU this process
+#: may run on, or under C{--systemd} one per socket that each address has.
+AUTO = "auto"
+
+
+def worker_count(text: str) -> int | str:
     """
     The number of workers C{--workers} asks for: a positive number, or
-    C{auto} for one per CPU this process may run on.
+    L{AUTO}.
 
     @raise ValueError: neither.
     """
-    if text == "auto":
-        return len(os.sched_getaffinity(0))
+    if text == AUTO:
+        return AUTO
     try:
         count = int(text)
     except ValueError:
@@ -104,7 +113,10 @@ def worker_count(text: str) -> int:
     return count
 
 
-worker_count.coerceDoc = "A number of processes, or 'auto' (one per CPU this process may use)."
+worker_count.coerceDoc = (
+    "A number of processes, or 'auto' (one per CPU this process may use; "
+    "with --systemd, one per socket of each address)."
+)
 
 
 def restart_delay(ends_in_a_row: int) -> float:
@@ -160,6 +172,59 @@ def bind_sockets(interface: str, port: int, count: int) -> list[socket.socket]:
             skt.close()
         raise
     return sockets
+
+
+def _address(skt: socket.socket) -> str:
+    host, port = skt.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def worker_sockets(sockets, count: int | str) -> list[list[socket.socket]]:
+    """
+    The sockets of each of C{count} workers (L{AUTO}: as many as there are
+    sockets on each address), from those systemd handed over
+    (C{--systemd}): worker I is given the I-th socket of every address, in
+    the order they came.  A socket unit makes N sockets on one address by
+    repeating its C{ListenDatagram=} line N times with C{ReusePort=yes}:
+    systemd sets C{SO_REUSEPORT} before it binds each, so that the N make one
+    group over which the kernel hashes the clients, as over the sockets of
+    L{bind_sockets}.  (The workers cannot bind their own beside systemd's: a
+    socket joins only a group of its own user's sockets.)
+
+    @raise ValueError: an address has not C{count} sockets (for L{AUTO}, not
+        as many as the others), or one of several on an address lacks
+        C{SO_REUSEPORT}: bound beside the others with C{SO_REUSEADDR} alone,
+        one of them would get every datagram and the other workers none.
+    """
+    groups: dict[tuple, list[socket.socket]] = {}
+    for skt in sockets:
+        groups.setdefault(skt.getsockname()[:2], []).append(skt)
+    counts = {_address(group[0]): len(group) for group in groups.values()}
+    if count == AUTO:
+        if len(set(counts.values())) > 1:
+            found = ", ".join(f"{name}: {number}" for name, number in counts.items())
+            raise ValueError(
+                f"--workers auto: the addresses have different numbers of sockets "
+                f"({found}): repeat each one's ListenDatagram= line in the socket "
+                "unit as many times as the others', with ReusePort=yes"
+            )
+        count = next(iter(counts.values()))
+    for name, number in counts.items():
+        if number != count:
+            raise ValueError(
+                f"--workers {count}: systemd handed over {number} socket(s) on {name}: "
+                f"repeat ListenDatagram={name} {count} times with ReusePort=yes in the "
+                "socket unit, or set --workers to the count (or auto)"
+            )
+    if count > 1:
+        for skt in sockets:
+            if not skt.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                raise ValueError(
+                    f"--workers {count}: the sockets on {_address(skt)} lack SO_REUSEPORT,"
+                    " so one of them would get every datagram: set ReusePort=yes in the"
+                    " socket unit"
+                )
+    return [list(each) for each in zip(*groups.values())]
 
 
 def worker_environment(environ=None) -> dict[str, str]:
@@ -253,9 +318,9 @@ class _SupervisorChannel(control.Channel):
 @implementer(IWorkerSlot)
 class WorkerSlot:
     """
-    One of the N places a worker serves from: its socket (kept for the
-    supervisor's life), the worker process there now, its restarts and
-    its worker's last report.
+    One of the N places a worker serves from: its sockets, one per address
+    (kept for the supervisor's life), the worker process there now, its
+    restarts and its worker's last report.
 
     @ivar pid: the process's id while one runs, else L{None}.
     @ivar process: the L{IProcessTransport} while one runs, else L{None}.
@@ -265,9 +330,9 @@ class WorkerSlot:
 
     _log = Logger()
 
-    def __init__(self, index: int, skt: socket.socket | None = None) -> None:
+    def __init__(self, index: int, sockets=()) -> None:
         self.index = index
-        self.socket = skt
+        self.sockets = list(sockets)
         self.state = "not started"
         self.restarts = 0
         self.ends_in_a_row = 0
@@ -350,6 +415,9 @@ class Supervisor(Service):
     @param stop_signals: while the workers drain, a second SIGTERM or
         SIGINT stops them at once (for C{twistd}).
     @param publisher: where the workers' log events go.
+    @param sockets: the sockets of each worker, bound already (by systemd:
+        L{worker_sockets}), to serve instead of binding C{port} on
+        C{interface}.
 
     @ivar server: the L{HostServer}.
     @ivar slots: the L{WorkerSlot}s, in order.
@@ -363,7 +431,7 @@ class Supervisor(Service):
         self, command_line: list[str], count: int, interface: str, port: int, settings,
         reactor, *, python: str = sys.executable, environ=None,
         refresh_interval: float = REFRESH_INTERVAL, stop_signals: bool = False,
-        publisher=globalLogPublisher,
+        publisher=globalLogPublisher, sockets=None,
     ) -> None:  # fmt: skip
         self._command_line = command_line
         self._interface = interface
@@ -374,6 +442,7 @@ class Supervisor(Service):
         self._refresh_interval = refresh_interval
         self._stop_signals = stop_signals
         self._publisher = publisher
+        self._handed = sockets
         self.slots = [WorkerSlot(index) for index in range(1, count + 1)]
         self.server = HostServer(self.slots, settings)
         self.port = None
@@ -384,18 +453,23 @@ class Supervisor(Service):
         self._cut = False
 
     def privilegedStartService(self) -> None:
-        sockets = bind_sockets(self._interface, self._port_number, len(self.slots))
-        for slot, skt in zip(self.slots, sockets):
-            slot.socket = skt
-        self.port = _Listening(sockets[0])
-        host = self.port.getHost()
-        self._log.info(
-            "TFTP supervisor listening on [{host}]:{port} with {count} workers"
-            " (SO_REUSEPORT sockets)",
-            host=host.host,
-            port=host.port,
-            count=len(sockets),
-        )
+        if self._handed is None:
+            bound = bind_sockets(self._interface, self._port_number, len(self.slots))
+            each, how = [[skt] for skt in bound], "SO_REUSEPORT sockets"
+        else:
+            each, how = self._handed, "SO_REUSEPORT sockets handed over"
+        for slot, sockets in zip(self.slots, each):
+            slot.sockets = sockets
+        self.port = _Listening(each[0][0])
+        for skt in each[0]:
+            host, port = skt.getsockname()[:2]
+            self._log.info(
+                "TFTP supervisor listening on [{host}]:{port} with {count} workers ({how})",
+                host=host,
+                port=port,
+                count=len(each),
+                how=how,
+            )
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -448,9 +522,12 @@ class Supervisor(Service):
     def _start(self, slot: WorkerSlot) -> None:
         slot.restart_call = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The control channel on descriptor 3, the sockets from 4 on.
+        given = {4 + number: skt.fileno() for number, skt in enumerate(slot.sockets)}
         argv = [
             self._python, "-m", "tftpd_tx.worker", "--index", str(slot.index),
-            "--control-fd", "3", "--socket-fd", "4", "--", *self._command_line,
+            "--control-fd", "3", *(f"--socket-fd={fd}" for fd in given), "--",
+            *self._command_line,
         ]  # fmt: skip
         process = WorkerProcess(
             slot.index, functools.partial(self._ended, slot), self._publisher
@@ -458,7 +535,7 @@ class Supervisor(Service):
         try:
             transport = self._reactor.spawnProcess(
                 process, self._python, argv, env=self._environ,
-                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno(), 4: slot.socket.fileno()},
+                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno(), **given},
             )  # fmt: skip
         except OSError as failure:
             ours.close()
@@ -629,8 +706,8 @@ class Supervisor(Service):
             if self._loop is not None and self._loop.running:
                 self._loop.stop()
             for slot in self.slots:
-                if slot.socket is not None:
-                    slot.socket.close()
+                for skt in slot.sockets:
+                    skt.close()
             self.port = None
             self._log.info(
                 "Workers stopped{cut}", cut=" (transfers were cut)" if self._cut else ""
@@ -691,6 +768,7 @@ def host_service(options, settings, reactor) -> MultiService:
     supervisor = Supervisor(
         worker_command_line(options), options["workers"], options["interface"],
         options["port"], settings, reactor, stop_signals=True,
+        sockets=options["worker-sockets"],
     )  # fmt: skip
     supervisor.setName("tftp")
     supervisor.setServiceParent(top)
