@@ -4,9 +4,11 @@ The transfer state machine, driven by a fake clock and fake UDP ports.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import struct
+import weakref
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
@@ -138,6 +140,27 @@ class LockStepTests(SessionMixin, SynchronousTestCase):
         self.assertEqual(port.take(), [])
         self.assertFinished(port, Outcome.COMPLETED)
         self.assertEqual(self.session.stats.bytes_sent, 612)
+
+    def test_ended_session_lets_go_of_its_port(self):
+        """
+        An ended transfer holds no reference to its port, so the port and
+        the transfer (the port's protocol) are freed by reference counting
+        alone.  A cycle between them left every transfer to the cycle
+        collector, whose passes cost a storm of 1 KiB transfers a seventh
+        of its CPU (benchmarks/micro.py: 75 against 65 microseconds).
+        """
+        port = self.start(b"a" * 100)
+        port.deliver(ack(1), PEER)
+        self.assertFinished(port, Outcome.COMPLETED)
+        gone = weakref.ref(port)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            del port, self.reactor.ports[:]
+            self.assertIsNone(gone())
+        finally:
+            if collecting:
+                gc.enable()
 
     def test_exact_multiple_ends_with_empty_block(self):
         """

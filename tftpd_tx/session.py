@@ -844,4 +844,5 @@ class ReadSession(DatagramProtocol):
             )
         if self._port is not None:
             self._port.stopListening()
+            self._port = self._write = None
         self._on_end(self)
