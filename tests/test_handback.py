@@ -1,16 +1,26 @@
 """
 Strays handed back (L{tftpd_tx.handback}): the wire format, and two
 single-port servers on the fakes passing a transfer's ACKs between them as
-a router that moved the client's path would make them.
+a router that moved the client's path would make them; then two real
+C{twistd tftp --workers 2} hosts doing it.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import socket
+import struct
 
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, readBody
 
 from tftpd_tx import TFTPServer, tap, wire
 from tftpd_tx.handback import RATE, HandbackProtocol, decode, encode, parse_address
@@ -18,6 +28,9 @@ from tftpd_tx.singleport import SinglePortNetwork
 from tftpd_tx.stats import Outcome
 from tftpd_tx.testing import FakeUDPReactor, MemoryHandler
 from tftpd_tx.transport import UDPNetwork
+
+from clients import TWISTD, bytes_problem, free_udp_port, make_directory, random_file, spawn
+from clients import twistd_environment
 
 VIP = "203.0.113.69"
 CLIENT = ("198.51.100.10", 40000)
@@ -258,5 +271,181 @@ class OptionsTests(SynchronousTestCase):
         self.refused(["--handback-peer", "peer.example:7000"], "is not an IP address")
         self.refused(["--single-port", "--handback", "192.0.2.250:7000",
                       "--handback-peer", "127.0.0.2:7000"], "cannot be bound")  # fmt: skip
-        self.refused(["--single-port", "--workers", "2", "--handback", "127.0.0.1:7000",
-                      "--handback-peer", "127.0.0.2:7000"], "--handback with --workers")  # fmt: skip
+
+
+# -- twistd tftp --workers 2 --handback ------------------------------------------
+
+
+class SplitReader(DatagramProtocol):
+    """
+    A client whose path moved as soon as it asked: its RRQ goes to one
+    server and every ACK to another, from the one port; it resends its last
+    datagram after half a second of silence, up to ten times.
+
+    @ivar done: fires with the bytes read, or with the error.
+    """
+
+    noisy = False
+
+    def __init__(self, request_to, acks_to, path: str) -> None:
+        self._request_to, self._acks_to = request_to, acks_to
+        self._path = path
+        self._last = None
+        self._block = 0
+        self._chunks: list[bytes] = []
+        self._timer = None
+        self._tries = 0
+        self.done: Deferred[bytes] = Deferred()
+
+    def startProtocol(self) -> None:
+        self._send(wire.ReadRequest(self._path, "octet").encode(), self._request_to)
+
+    def _send(self, datagram: bytes, address) -> None:
+        self._last = (datagram, address)
+        self.transport.write(datagram, address)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = reactor.callLater(0.5, self._again)
+
+    def _again(self) -> None:
+        self._tries += 1
+        if self._tries > 10:
+            self._end(AssertionError(f"no answer after block {self._block}"))
+            return
+        self._send(*self._last)
+
+    def datagramReceived(self, datagram: bytes, addr) -> None:
+        if self.done.called:
+            return
+        opcode, block = struct.unpack("!HH", datagram[:4])
+        if opcode != 3:
+            self._end(AssertionError(f"got {datagram!r}"))
+            return
+        if block == self._block + 1:
+            self._block = block
+            self._tries = 0
+            self._chunks.append(datagram[4:])
+        self._send(ack(block), self._acks_to)
+        if block == self._block and len(datagram) - 4 < 512:
+            self._end(b"".join(self._chunks))
+
+    def _end(self, result) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.transport.stopListening()
+        if isinstance(result, Exception):
+            self.done.errback(result)
+        else:
+            self.done.callback(result)
+
+
+class _Host:
+    """
+    C{twistd -n tftp --workers 2 --single-port} on C{host}, with its
+    hand-back port and its peer's, and C{--ops}.
+    """
+
+    def __init__(self, testcase, root, host, handback, peer) -> None:
+        self.address = (host, free_udp_port(host))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.ops = probe.getsockname()[1]
+        self.process = spawn(
+            [*TWISTD, "-n", "--pidfile=", "tftp", "--workers", "2", "--single-port",
+             "--interface", host, "--port", str(self.address[1]), "--root", root,
+             "--handback", f"{handback[0]}:{handback[1]}", "--handback-peer", f"{peer[0]}:{peer[1]}",
+             "--ops", f"tcp:{self.ops}:interface=127.0.0.1", "--shutdown-grace", "1"],
+            cwd=os.path.dirname(root), env=twistd_environment(),
+        )  # fmt: skip
+        testcase.addCleanup(self.kill)
+
+    def log(self) -> str:
+        return self.process.output().decode("utf-8", "replace")
+
+    def kill(self):
+        if not self.process.ended.called:
+            pids = re.findall(r"Worker \d+ started \(pid (\d+)\)", self.log())
+            self.process.signal("KILL")
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+            return self.process.ended
+
+    async def ready(self, testcase) -> None:
+        for _ in range(300):
+            testcase.assertFalse(self.process.ended.called, self.log())
+            if len(re.findall(r"Worker \d serving", self.log())) == 2:
+                return
+            await deferLater(reactor, 0.1, lambda: None)
+        testcase.fail(f"not serving: {self.log()}")
+
+    def served(self) -> collections.Counter:
+        """
+        How many transfers each worker has logged as completed.
+        """
+        line = r"\[worker (\d+) tftpd_tx\.server\.TFTPServer#info\] completed:"
+        return collections.Counter(re.findall(line, self.log()))
+
+    async def handback_counts(self) -> dict[str, float]:
+        response = await Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{self.ops}/metrics".encode()
+        )
+        text = (await readBody(response)).decode()
+        return {
+            sample.labels["result"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "tftpd_handback_datagrams_total"
+        }
+
+
+class WorkersTests(TestCase):
+    """
+    Two hosts of C{twistd tftp --workers 2 --single-port}, on 127.0.0.1 and
+    127.0.0.2, each the other's C{--handback-peer}: a client that asks host
+    A and sends its ACKs to host B is served by A to the end, whichever
+    worker of each host its port reaches.
+    """
+
+    timeout = 120
+
+    async def test_transfers_finish_through_the_other_host(self):
+        """
+        Twenty-four clients, each from its own port, read a file of eleven
+        blocks asking A and acknowledging to B: every one gets the file
+        byte for byte; both of A's workers served some; every hand-back B
+        sent reached the worker of A that has its transfer (none was
+        unknown there), and A never answered a client from B's side.
+        """
+        directory = make_directory(self)
+        root = os.path.join(directory, "root")
+        os.mkdir(root)
+        content = random_file(root, "file", 512 * 10 + 100)
+        handback_a = ("127.0.0.1", free_udp_port("127.0.0.1"))
+        handback_b = ("127.0.0.2", free_udp_port("127.0.0.2"))
+        a = _Host(self, root, "127.0.0.1", handback_a, handback_b)
+        b = _Host(self, root, "127.0.0.2", handback_b, handback_a)
+        await a.ready(self)
+        await b.ready(self)
+        readers = [SplitReader(a.address, b.address, "file") for _ in range(24)]
+        for reader in readers:
+            reactor.listenUDP(0, reader, interface="127.0.0.1")
+        got = await gatherResults([reader.done for reader in readers])
+        for each in got:
+            self.assertIsNone(bytes_problem(each, content))
+        for _ in range(100):
+            if sum(a.served().values()) == 24:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(set(a.served()), {"1", "2"}, a.served())
+        self.assertEqual(sum(b.served().values()), 0)
+        for _ in range(50):
+            sent, taken = await b.handback_counts(), await a.handback_counts()
+            if sent.get("sent", 0) == taken.get("delivered", 0) >= 24 * 11:
+                break
+            await deferLater(reactor, 0.2, lambda: None)
+        self.assertGreaterEqual(sent.get("sent", 0), 24 * 11, sent)
+        self.assertEqual(taken.get("delivered", 0), sent.get("sent", 0), (sent, taken))
+        self.assertEqual(taken.get("unknown", 0), 0, taken)

@@ -15,6 +15,9 @@ under way when its server is drained then finishes, however long it is.
 In classic mode this cannot work: a transfer's datagrams go to its own port
 (its TID), on which the other servers have no socket, so the kernel drops
 them before any server sees them; L{tftpd_tx.tap} refuses the combination.
+Under C{--workers}, each worker has a socket of the host's hand-back port,
+and the kernel steers each hand-back to the worker that the client's own
+datagrams reach (L{tftpd_tx.reuseport}).
 
 The wire format (L{encode}, L{decode}) is pure.  L{HandbackProtocol} is the
 UDP port the servers exchange strays on: it accepts hand-backs only from the
@@ -38,6 +41,10 @@ __all__ = ["HandbackProtocol", "HandbackService", "decode", "encode", "parse_add
 MAGIC = b"TFTPHB\x01"
 _HEADER = struct.Struct("!7sBH")
 _FAMILIES = {4: 4, 6: 16}
+#: Where in a hand-back its client's IP version (a byte), port (two) and
+#: address (4 or 16 bytes) are, for those that steer it by them
+#: (L{tftpd_tx.reuseport}).
+VERSION_AT, PORT_AT, ADDRESS_AT = len(MAGIC), len(MAGIC) + 1, _HEADER.size
 
 #: Strays handed back a second, at most, in bursts of up to a second's worth.
 RATE = 20000.0
@@ -158,21 +165,33 @@ class HandbackService(Service):
     """
     Listen for hand-backs on C{address} and hand this server's strays to
     C{peers} from there, while running.
+
+    @param socket: a datagram socket already bound to C{address}, to serve
+        instead of binding it (a worker of C{--workers} is handed its
+        supervisor's); it is duplicated at start, the caller may close its
+        own.
     """
 
-    def __init__(self, server, address: tuple[str, int], peers, reactor) -> None:
+    def __init__(self, server, address: tuple[str, int], peers, reactor, socket=None) -> None:
         self._server = server
         self._address = address
         self._peers = peers
         self._reactor = reactor
+        self._socket = socket
         self._port = None
 
     def privilegedStartService(self) -> None:
         # Bound before twistd -u/-g drops privileges, as the listener is.
         super().privilegedStartService()
         protocol = HandbackProtocol(self._server, self._peers, self._reactor)
-        host, port = self._address
-        self._port = self._reactor.listenUDP(port, protocol, interface=host)
+        if self._socket is None:
+            host, port = self._address
+            self._port = self._reactor.listenUDP(port, protocol, interface=host)
+        else:
+            self._socket.setblocking(False)
+            self._port = self._reactor.adoptDatagramPort(
+                self._socket.fileno(), self._socket.family, protocol
+            )
         self._server.hand_back = protocol.hand_back
 
     def stopService(self):

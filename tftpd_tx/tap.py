@@ -226,6 +226,9 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["handback-peers"] = []
+        #: The --handback socket a worker of --workers is handed by its
+        #: supervisor (which bound it), served instead of binding one.
+        self["handback-socket"] = None
 
     def parseOptions(self, options=None) -> None:
         # As given: each worker of --workers parses it too.
@@ -292,11 +295,6 @@ class Options(usage.Options):
                 "datagrams go to its own port, which the other servers have no "
                 "socket on, so no stray ever reaches them to hand back"
             )
-        if self["workers"] > 1:
-            raise usage.UsageError(
-                "--handback with --workers: a datagram handed back cannot be "
-                "steered to the worker that has its transfer; leave --workers out"
-            )
         if not self["handback-peers"]:
             raise usage.UsageError(
                 "--handback without --handback-peer: name the other servers' "
@@ -306,6 +304,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--handback-peer names this server's own --handback address"
             )
+        if self["handback-socket"] is not None:
+            return
         host, port = self["handback"]
         error = _bind_error(host, port)
         if error is not None:
@@ -611,8 +611,9 @@ def makeService(options: Options) -> MultiService:
         from .handback import HandbackService
 
         handback = HandbackService(
-            tftp.server, options["handback"], options["handback-peers"], reactor
-        )
+            tftp.server, options["handback"], options["handback-peers"], reactor,
+            socket=options["handback-socket"],
+        )  # fmt: skip
         handback.setName("handback")
         handback.setServiceParent(top)
     if options["manhole"] is not None:

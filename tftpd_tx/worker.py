@@ -5,7 +5,8 @@ One worker of C{twistd tftp --workers N}: the process that the supervisor
     python -m tftpd_tx.worker --index 2 --control-fd 3 --socket-fd 4 -- OPTIONS
 
 with a bound listening socket on descriptor 4 (more with C{--socket-fd 5}
-and so on: one per address under C{--systemd}) and its end of the control
+and so on: one per address under C{--systemd}), its socket of the
+C{--handback} port after them (C{--handback-fd}), and its end of the control
 channel on descriptor 3.  OPTIONS are C{twistd tftp}'s own, less those that
 belong to the supervisor (L{tftpd_tx.workers.worker_command_line}): the
 worker parses them as C{twistd tftp} does and makes the same service with
@@ -312,6 +313,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         "--socket-fd", type=int, action="append", required=True,
         help="a bound listener (once for each)",
     )  # fmt: skip
+    parser.add_argument("--handback-fd", type=int, help="the bound --handback socket")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="-- twistd tftp options")
     arguments = parser.parse_args(argv)
     if arguments.options[:1] == ["--"]:
@@ -331,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     from . import tap
 
     options = tap.Options()
+    if arguments.handback_fd is not None:
+        options["handback-socket"] = socket.socket(fileno=arguments.handback_fd)
     try:
         options.parseOptions(arguments.options)
     except usage.UsageError as error:

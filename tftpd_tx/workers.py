@@ -16,7 +16,10 @@ retransmitted RRQ reaches the worker serving it, which knows it for a
 retransmission.  The supervisor keeps every socket open for its whole life,
 so that the set the kernel hashes over never changes: a worker that ends
 leaves its sockets to the next, and what arrives for it meanwhile waits in
-the sockets' buffers.
+the sockets' buffers.  With C{--handback}, the supervisor binds a socket of
+the hand-back port for each worker too, and the kernel steers a client's
+hand-backs to the worker that its own datagrams reach
+(L{tftpd_tx.reuseport}).
 
 The supervisor is the host's only operations endpoint and manhole: it asks
 every worker for its figures and its transfers every second, and
@@ -44,7 +47,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
-from . import control
+from . import control, reuseport
 from .host import HostServer, IWorkerSlot, Totals, WorkersCollector, worker_problem
 from .service import listening_address
 
@@ -333,6 +336,8 @@ class WorkerSlot:
     def __init__(self, index: int, sockets=()) -> None:
         self.index = index
         self.sockets = list(sockets)
+        #: Its socket of the --handback port, if there is one.
+        self.handback = None
         self.state = "not started"
         self.restarts = 0
         self.ends_in_a_row = 0
@@ -418,6 +423,10 @@ class Supervisor(Service):
     @param sockets: the sockets of each worker, bound already (by systemd:
         L{worker_sockets}), to serve instead of binding C{port} on
         C{interface}.
+    @param handback: the C{(host, port)} of C{--handback}, where the
+        supervisor binds a socket for each worker too, and makes the kernel
+        steer every hand-back to the worker the client's own datagrams
+        reach (L{tftpd_tx.reuseport}).
 
     @ivar server: the L{HostServer}.
     @ivar slots: the L{WorkerSlot}s, in order.
@@ -431,7 +440,7 @@ class Supervisor(Service):
         self, command_line: list[str], count: int, interface: str, port: int, settings,
         reactor, *, python: str = sys.executable, environ=None,
         refresh_interval: float = REFRESH_INTERVAL, stop_signals: bool = False,
-        publisher=globalLogPublisher, sockets=None,
+        publisher=globalLogPublisher, sockets=None, handback=None,
     ) -> None:  # fmt: skip
         self._command_line = command_line
         self._interface = interface
@@ -443,6 +452,7 @@ class Supervisor(Service):
         self._stop_signals = stop_signals
         self._publisher = publisher
         self._handed = sockets
+        self._handback = handback
         self.slots = [WorkerSlot(index) for index in range(1, count + 1)]
         self.server = HostServer(self.slots, settings)
         self.port = None
@@ -460,6 +470,8 @@ class Supervisor(Service):
             each, how = self._handed, "SO_REUSEPORT sockets handed over"
         for slot, sockets in zip(self.slots, each):
             slot.sockets = sockets
+        if self._handback is not None:
+            self._bind_handback(each[0])
         self.port = _Listening(each[0][0])
         for skt in each[0]:
             host, port = skt.getsockname()[:2]
@@ -471,6 +483,30 @@ class Supervisor(Service):
                 how=how,
             )
         super().privilegedStartService()
+
+    def _bind_handback(self, listeners) -> None:
+        """
+        Bind a socket of the hand-back port for each worker, and steer both
+        the listeners' groups (C{listeners}: one socket of each) and the
+        hand-back port's by the same function of the client's address and
+        port, so that what is handed back for a client reaches the worker
+        that has its transfer.
+        """
+        host, port = self._handback
+        count = len(self.slots)
+        bound = bind_sockets(host, port, count)
+        for slot, skt in zip(self.slots, bound):
+            slot.handback = skt
+        reuseport.attach(bound[0], reuseport.handback_program(count))
+        for skt in listeners:
+            reuseport.attach(skt, reuseport.listener_program(count))
+        self._log.info(
+            "Hand-back port [{host}]:{port} with {count} workers, each client's"
+            " hand-backs steered to the worker its own datagrams reach",
+            host=host,
+            port=bound[0].getsockname()[1],
+            count=count,
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -522,13 +558,17 @@ class Supervisor(Service):
     def _start(self, slot: WorkerSlot) -> None:
         slot.restart_call = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The control channel on descriptor 3, the sockets from 4 on.
+        # The control channel on descriptor 3, the listeners from 4 on, then
+        # the hand-back port's socket.
         given = {4 + number: skt.fileno() for number, skt in enumerate(slot.sockets)}
         argv = [
             self._python, "-m", "tftpd_tx.worker", "--index", str(slot.index),
-            "--control-fd", "3", *(f"--socket-fd={fd}" for fd in given), "--",
-            *self._command_line,
+            "--control-fd", "3", *(f"--socket-fd={fd}" for fd in given),
         ]  # fmt: skip
+        if slot.handback is not None:
+            argv.append(f"--handback-fd={4 + len(given)}")
+            given[4 + len(given)] = slot.handback.fileno()
+        argv += ["--", *self._command_line]
         process = WorkerProcess(
             slot.index, functools.partial(self._ended, slot), self._publisher
         )
@@ -706,7 +746,7 @@ class Supervisor(Service):
             if self._loop is not None and self._loop.running:
                 self._loop.stop()
             for slot in self.slots:
-                for skt in slot.sockets:
+                for skt in [*slot.sockets, *filter(None, [slot.handback])]:
                     skt.close()
             self.port = None
             self._log.info(
@@ -768,7 +808,7 @@ def host_service(options, settings, reactor) -> MultiService:
     supervisor = Supervisor(
         worker_command_line(options), options["workers"], options["interface"],
         options["port"], settings, reactor, stop_signals=True,
-        sockets=options["worker-sockets"],
+        sockets=options["worker-sockets"], handback=options["handback"],
     )  # fmt: skip
     supervisor.setName("tftp")
     supervisor.setServiceParent(top)
