@@ -29,8 +29,15 @@ from tftpd_tx.stats import Outcome
 from tftpd_tx.testing import FakeUDPReactor, MemoryHandler
 from tftpd_tx.transport import UDPNetwork
 
-from clients import TWISTD, bytes_problem, free_udp_port, make_directory, random_file, spawn
-from clients import twistd_environment
+from clients import (
+    TWISTD,
+    bytes_problem,
+    free_udp_port,
+    make_directory,
+    random_file,
+    spawn,
+    twistd_environment,
+)
 
 VIP = "203.0.113.69"
 CLIENT = ("198.51.100.10", 40000)
@@ -353,7 +360,8 @@ class _Host:
         self.process = spawn(
             [*TWISTD, "-n", "--pidfile=", "tftp", "--workers", "2", "--single-port",
              "--interface", host, "--port", str(self.address[1]), "--root", root,
-             "--handback", f"{handback[0]}:{handback[1]}", "--handback-peer", f"{peer[0]}:{peer[1]}",
+             "--handback", f"{handback[0]}:{handback[1]}",
+             "--handback-peer", f"{peer[0]}:{peer[1]}",
              "--ops", f"tcp:{self.ops}:interface=127.0.0.1", "--shutdown-grace", "1"],
             cwd=os.path.dirname(root), env=twistd_environment(),
         )  # fmt: skip
