@@ -104,6 +104,15 @@ class SessionStatsTests(SynchronousTestCase):
         self.assertNotEqual(first, second)
         self.assertEqual(len({first, second}), 2)
 
+    def test_fields_only(self):
+        """
+        A SessionStats has its fields and nothing else: a misspelt field is
+        an error, not a new attribute that nothing reads.
+        """
+        stats = session()
+        with self.assertRaises(AttributeError):
+            stats.retransmit = 1
+
 
 class SessionIdentityTests(SynchronousTestCase):
     """

@@ -43,7 +43,7 @@ class Outcome:
     EVICTED = "evicted"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class SessionStats:
     """
     Everything known about one transfer, filled in as it runs.
@@ -62,6 +62,10 @@ class SessionStats:
     needed: the ACK of the whole flight ended them and the client then
     acknowledged the same block again, answering the copy (a floor below
     the host's scheduling jitter shows here).
+
+    A busy server keeps one for each of thousands of live transfers, so
+    its fields live in slots, without a dictionary each: the fields above
+    are all it has.
     """
 
     peer: tuple[str, int]
