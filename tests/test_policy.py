@@ -6,16 +6,24 @@ on a fake reactor.
 
 from __future__ import annotations
 
+import collections
 import errno
 import resource
 import struct
+import weakref
 
 from twisted.internet.error import CannotListenError
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from tftpd_tx import wire
-from tftpd_tx.policy import ClientRates, SessionCounts, raise_descriptor_limit, session_cap
+from tftpd_tx.policy import (
+    ClientRates,
+    SessionCounts,
+    UnprovenSessions,
+    raise_descriptor_limit,
+    session_cap,
+)
 from tftpd_tx.server import TFTPServer
 from tftpd_tx.settings import Settings
 from tftpd_tx.stats import Outcome
@@ -174,6 +182,69 @@ class ClientRateTests(_Setup, SynchronousTestCase):
         rates.allow("b", 0.0, 1.0, 1)
         rates.allow("c", 0.0, 1.0, 1)
         self.assertTrue(rates.allow("a", 0.0, 1.0, 1))
+
+
+class _Transfer:
+    """
+    What L{UnprovenSessions} reads of a transfer: its peer, and whether it
+    is proven or ended.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.peer = (host, 4000)
+        self.proven = False
+        self.ended = False
+
+
+class UnprovenSessionsTests(SynchronousTestCase):
+    """
+    L{UnprovenSessions} gives up the oldest unproven transfer, and holds
+    on to no transfer once it is proven.
+    """
+
+    def test_proven_forgotten(self):
+        """
+        Transfers whose clients answer within a round trip (here, ten
+        requests later) are let go of as new requests come: of 1,000
+        transfers still running, the table keeps only the last round
+        trip's.
+        """
+        table = UnprovenSessions()
+        running = []
+        in_flight: collections.deque[_Transfer] = collections.deque()
+        for n in range(1000):
+            transfer = _Transfer(f"192.0.2.{n % 250}")
+            table.add(transfer)
+            running.append(weakref.ref(transfer))
+            in_flight.append(transfer)
+            if len(in_flight) > 10:
+                in_flight.popleft().proven = True
+        del transfer
+        in_flight.clear()
+        held = [ref for ref in running if ref() is not None]
+        self.assertEqual(held, running[-11:])
+
+    def test_oldest_unproven_still_first(self):
+        """
+        An unproven transfer older than many proven ones is still the one
+        given up first, and its client still holds one; once it is taken,
+        the proven ones behind it are let go of at the next request.
+        """
+        table = UnprovenSessions()
+        silent = _Transfer("203.0.113.9")
+        table.add(silent)
+        proven = []
+        for n in range(100):
+            transfer = _Transfer(f"192.0.2.{n}")
+            table.add(transfer)
+            transfer.proven = True
+            proven.append(weakref.ref(transfer))
+        del transfer
+        self.assertTrue(table.holds_any("203.0.113.9"))
+        self.assertFalse(table.holds_any("192.0.2.1"))
+        self.assertIs(table.oldest(), silent)
+        table.add(_Transfer("198.51.100.1"))
+        self.assertEqual([ref for ref in proven if ref() is not None], [])
 
 
 class SessionCountsTests(SynchronousTestCase):

@@ -140,7 +140,13 @@ class UnprovenSessions:
     itself (its sources all hold unproven transfers) and so cannot make the
     server churn through transfers.
     A transfer leaves the table when it ends (L{discard}); one that has been
-    proven meanwhile is skipped and forgotten when met.
+    proven meanwhile is skipped and forgotten when met, and each L{add}
+    first forgets the oldest ones while they are proven.  Requests arrive
+    in time order and their clients answer within a round trip, so the
+    table holds about a round trip's worth of transfers, not an entry in
+    each of its two tables for every long transfer still running; an
+    unproven one keeps those behind it until it ends or is evicted (the
+    hold time at most).
     """
 
     def __init__(self) -> None:
@@ -148,7 +154,15 @@ class UnprovenSessions:
         self._by_host: dict[str, collections.OrderedDict[object, None]] = {}
 
     def add(self, session) -> None:
-        self._all[session] = None
+        everyone = self._all
+        # Each transfer is forgotten once at most: amortised, an add costs
+        # the same whatever the table holds.
+        while everyone:
+            oldest = next(iter(everyone))
+            if not oldest.ended and not oldest.proven:
+                break
+            self.discard(oldest)
+        everyone[session] = None
         host = session.peer[0]
         sessions = self._by_host.get(host)
         if sessions is None:
