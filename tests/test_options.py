@@ -408,6 +408,18 @@ class CombinedTests(SynchronousTestCase):
         )
         assert list(result.oack) == ["tsize", "blksize", "windowsize", "timeout"]
 
+    def test_values_shared(self):
+        """
+        Transfers that acknowledge the same values share one copy of each
+        (thousands of transfers keep their OACK for as long as they run).
+        """
+        asked = {"tsize": "0", "blksize": "1468", "windowsize": "4", "timeout": "2"}
+        first = negotiate(dict(asked), Limits(), 1_048_576)
+        second = negotiate(dict(asked), Limits(), 1_048_576)
+        assert first.oack == second.oack
+        for name in asked:
+            assert first.oack[name] is second.oack[name]
+
 
 class LimitsTests(SynchronousTestCase):
     """

@@ -318,6 +318,21 @@ class OptionDecodingTests(SynchronousTestCase):
         packet = decode(b"\x00\x01f\x00octet\x00BlkSize\x00A1b\x00TSIZE\x000\x00")
         assert packet.options == {"blksize": "A1b", "tsize": "0"}
 
+    def test_strings_shared(self):
+        """
+        Requests that send the same options share one copy of each name
+        and value, however the name is spelt (thousands of transfers keep
+        their request's options for as long as they run).
+        """
+        first = decode(b"\x00\x01a\x00octet\x00blksize\x001468\x00tsize\x000\x00")
+        second = decode(b"\x00\x01b\x00octet\x00BLKSIZE\x001468\x00TSize\x000\x00")
+        assert first.options == second.options
+        for (name, value), (other_name, other_value) in zip(
+            first.options.items(), second.options.items()
+        ):
+            assert name is other_name
+            assert value is other_value
+
     def test_name_without_value_ignored(self):
         """
         A trailing option name without a value is dropped; the options

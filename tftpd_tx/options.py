@@ -11,6 +11,7 @@ the RFC 1350 default.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 # The limits are settings, described with the others; the RFC bounds on
@@ -71,6 +72,21 @@ def _integer(value: str, low: int, high: int) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _decimal(number: int) -> str:
+    """
+    C{str(number)}, one copy for all the transfers that acknowledge the
+    same value.
+
+    The acknowledged options live as long as their transfer (they are its
+    L{tftpd_tx.stats.SessionStats.options_acked}), and their values repeat:
+    the block sizes clients ask for, the sizes of the few files a boot
+    server serves.  With thousands of transfers running, a copy of each
+    per transfer added up.
+    """
+    return str(number)
+
+
 def buffer_charge(blksize: int) -> int:
     """
     What one DATA datagram of C{blksize} takes of a Linux receive buffer.
@@ -114,22 +130,22 @@ def negotiate(
             number = _integer(value, MIN_BLKSIZE, MAX_BLKSIZE)
             if number is not None:
                 blksize = min(number, limits.max_blksize)
-                accepted[name] = str(blksize)
+                accepted[name] = _decimal(blksize)
         elif name == "windowsize":
             number = _integer(value, 1, MAX_WINDOWSIZE)
             if number is not None:
                 windowsize = min(number, limits.max_windowsize)
-                accepted[name] = str(windowsize)
+                accepted[name] = _decimal(windowsize)
         elif name == "timeout":
             number = _integer(value, MIN_TIMEOUT, MAX_TIMEOUT)
             if number is not None:
                 timeout = number
-                accepted[name] = str(number)
+                accepted[name] = _decimal(number)
         elif name == "tsize":
             # An empty file's tsize is declined: curl rejects "tsize 0" in
             # an OACK, and a size nobody needs to allocate for is no loss.
             if size:
-                accepted[name] = str(size)
+                accepted[name] = _decimal(size)
     if "windowsize" in accepted:
         # The byte caps depend on the block size, which may come after the
         # windowsize option in the request: apply them once both are known.
@@ -137,5 +153,5 @@ def negotiate(
         if limits.client_buffer:
             windowsize = min(windowsize, limits.client_buffer // buffer_charge(blksize))
         windowsize = max(1, windowsize)
-        accepted["windowsize"] = str(windowsize)
+        accepted["windowsize"] = _decimal(windowsize)
     return Negotiated(blksize, windowsize, timeout, accepted or None)

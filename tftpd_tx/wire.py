@@ -98,6 +98,23 @@ def _split_strings(body: bytes, opcode: int) -> list[bytes]:
     return body[:-1].split(b"\0")
 
 
+@functools.lru_cache(maxsize=256)
+def _option_text(raw: bytes) -> str:
+    """
+    The text of an option name or value, one copy for all the requests
+    that send the same bytes.
+
+    A request's options live as long as its transfer, and clients ask for
+    much the same ones (C{blksize 1468}, C{tsize 0}): with thousands of
+    transfers running, a copy of each string per request added up.  The
+    cache is bounded, so a flood of options never seen before costs it no
+    more than turning over.
+
+    @raise UnicodeDecodeError: C{raw} is not ASCII.
+    """
+    return raw.decode("ascii")
+
+
 def _options_from(strings: list[bytes], opcode: int) -> dict[str, str]:
     """
     Pair option names with values (RFC 2347).
@@ -110,8 +127,10 @@ def _options_from(strings: list[bytes], opcode: int) -> dict[str, str]:
     options: dict[str, str] = {}
     for index in range(0, len(strings) - 1, 2):
         try:
-            name = strings[index].decode("ascii").lower()
-            value = strings[index + 1].decode("ascii")
+            # Lower-cased as bytes: for ASCII, the same as lower-casing the
+            # text, and one cache entry for every spelling's result.
+            name = _option_text(strings[index].lower())
+            value = _option_text(strings[index + 1])
         except UnicodeDecodeError:
             continue
         if name and name not in options:
