@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """
     One read request, as a handler sees it.
@@ -50,6 +50,9 @@ class Request:
         filesystem handler refuses those.
     @ivar mode: C{"octet"} or C{"netascii"}.
     @ivar options: the RFC 2347 options requested, names lower-cased.
+
+    A running transfer keeps its request, so its fields live in slots: no
+    dictionary for each of thousands.
     """
 
     peer: tuple[str, int]
@@ -170,7 +173,15 @@ class ResponseData:
     under that name.  Every response tftpd_tx ships derives from it.  Any
     object that provides L{IResponseData} serves just as well: deriving from
     this one only saves writing the methods a response has no use for.
+
+    It has no instance dictionary (its C{__slots__} is empty), so that a
+    response that declares its own slots, as
+    L{tftpd_tx.filesystem.FileResponseData} does, has none at all: a
+    running transfer keeps its response.  A subclass without C{__slots__}
+    has a dictionary as any class does.
     """
+
+    __slots__ = ()
 
     def read(self, n: int):
         raise NotImplementedError(f"{type(self).__name__} must implement read(n)")

@@ -256,6 +256,9 @@ class FileResponseData(ResponseData):
         C{fstat}; otherwise it is asked for here.
     """
 
+    # One per running transfer: no dictionary each.
+    __slots__ = ("_fd", "_size")
+
     def __init__(self, fd: int, size: int | None = None) -> None:
         self._fd = fd
         self._size = os.fstat(fd).st_size if size is None else size
