@@ -40,6 +40,7 @@ from .requestport import plain_address
 from .rtt import RoundTrip, RoundTripMemory
 from .settings import Settings
 from .stats import Outcome, ServerStats, SessionStats
+from .timers import TimerQueue
 from .transport import IRequestPort, ISharedRequestPort, UDPNetwork
 
 __all__ = ["TFTPServer"]
@@ -173,6 +174,8 @@ class TFTPServer(DatagramProtocol):
         self.stats = stats if stats is not None else ServerStats()
         self.sessions: dict[int, ReadSession] = {}
         self._reactor = reactor
+        # The retransmit timers of every transfer, behind one reactor call.
+        self._timers = TimerQueue(reactor)
         self._session_callback = session_callback
         self._session_ids = itertools.count(1)
         # Peers with a request in progress, and its transfer once it runs
@@ -565,6 +568,7 @@ class TFTPServer(DatagramProtocol):
         )
         session = ReadSession(
             clock=self._reactor,
+            timers=self._timers,
             peer=request.peer,
             response=response,
             negotiated=negotiated,

@@ -28,6 +28,7 @@ from .content import error_for
 from .options import Negotiated
 from .stats import Outcome, SessionStats
 from .rtt import RoundTrip
+from .timers import Timer, TimerQueue
 from .transport import ITransferPort
 
 __all__ = ["backoff_schedule", "ReadSession", "UNPROVEN_SENDS"]
@@ -111,7 +112,9 @@ class ReadSession(DatagramProtocol):
     """
     Send one response to one peer, from the port this protocol listens on.
 
-    @param clock: the C{IReactorTime} for the retransmit timer.
+    @param clock: the C{IReactorTime} that times the transfer.
+    @param timers: the L{TimerQueue} that runs the retransmit timer (a
+        server's transfers share one); L{None}: one of its own on C{clock}.
     @param peer: the client's C{(host, port)}; datagrams from anywhere else
         get ERROR 5 and change nothing.
     @param response: the L{tftpd_tx.content.IResponseData} to send; closed
@@ -155,7 +158,7 @@ class ReadSession(DatagramProtocol):
         "_last_progress", "_modulus", "_oack", "_on_end", "_on_stray", "_packets",
         "_patience", "_pause", "_paused", "_per_block", "_port", "_probe", "_proven",
         "_reading", "_resent_at", "_response", "_rollover", "_rtt", "_schedule",
-        "_sent", "_timer", "_timer_at", "_unproven_sends", "_window", "_write", "ended",
+        "_sent", "_timer", "_timers", "_unproven_sends", "_window", "_write", "ended",
         "peer", "stats",
     )
 
@@ -166,6 +169,7 @@ class ReadSession(DatagramProtocol):
         self,
         *,
         clock,
+        timers: TimerQueue | None = None,
         peer: tuple[str, int],
         response,
         negotiated: Negotiated,
@@ -181,6 +185,7 @@ class ReadSession(DatagramProtocol):
         self._rtt = round_trip
         self.stats = stats
         self._clock = clock
+        self._timers = TimerQueue(clock) if timers is None else timers
         self._response = response
         self._blksize = negotiated.blksize
         self._window = negotiated.windowsize
@@ -231,10 +236,9 @@ class ReadSession(DatagramProtocol):
         # The block whose ACK ended a timeout, while a repeat of that ACK
         # would show the timeout spurious (see _ack).
         self._probe: int | None = None
-        # One DelayedCall, moved as rarely as possible: progress only moves
+        # One timer, moved as rarely as possible: progress only moves
         # _deadline, and the timer, when it fires early, sleeps the rest.
-        self._timer = None
-        self._timer_at = 0.0
+        self._timer: Timer | None = None
         self._deadline = 0.0
         self.ended = False
 
@@ -374,7 +378,7 @@ class ReadSession(DatagramProtocol):
         if self._window > 1 and self._paces(clean):
             self._paused = True
             self._deadline = now + self._pause
-            self._wake_by(self._deadline, now)
+            self._wake_by(self._deadline)
             return
         self._advance(fast)
         self._arm(0, now)
@@ -434,7 +438,7 @@ class ReadSession(DatagramProtocol):
         self._gap_pending = True
         wait = self._gap_wait()
         self._deadline = now + (wait * ONE_BLOCK_WAITS if progress == 1 else wait)
-        self._wake_by(self._deadline, now)
+        self._wake_by(self._deadline)
 
     def _gap_wait(self) -> float:
         """
@@ -679,24 +683,22 @@ class ReadSession(DatagramProtocol):
         wait = self._wait(attempt)
         self.stats.rto = wait
         deadline = self._deadline = now + wait
-        self._wake_by(deadline, now)
+        self._wake_by(deadline)
 
-    def _wake_by(self, deadline: float, now: float) -> None:
+    def _wake_by(self, deadline: float) -> None:
         """
         Have the timer fire at C{deadline} at the latest.  A timer due later
-        is replaced, not moved: moving a C{DelayedCall} sooner searches the
-        reactor's whole list of timers (one per transfer), where a cancelled
-        one is dropped lazily.  It happens once in most transfers: the
-        first wait, before the peer has proven its address, is the
-        C{timeout} setting, and the round trip's RTO after is far shorter.
+        is replaced (the queue drops a cancelled one lazily).  It happens
+        once in most transfers: the first wait, before the peer has proven
+        its address, is the C{timeout} setting, and the round trip's RTO
+        after is far shorter.
         """
         timer = self._timer
         if timer is not None:
-            if self._timer_at <= deadline:
+            if timer.when <= deadline:
                 return
-            timer.cancel()
-        self._timer = self._clock.callLater(deadline - now, self._tick)
-        self._timer_at = deadline
+            self._timers.cancel(timer)
+        self._timer = self._timers.call_at(deadline, self._tick)
 
     def _tick(self) -> None:
         """
@@ -705,8 +707,7 @@ class ReadSession(DatagramProtocol):
         self._timer = None
         now = self._clock.seconds()
         if now < self._deadline:
-            self._timer = self._clock.callLater(self._deadline - now, self._tick)
-            self._timer_at = self._deadline
+            self._timer = self._timers.call_at(self._deadline, self._tick)
         else:
             self._timed_out(now)
 
@@ -831,7 +832,7 @@ class ReadSession(DatagramProtocol):
         self.stats.outcome = outcome
         self.stats.end_time = self._clock.seconds()
         if self._timer is not None:
-            self._timer.cancel()
+            self._timers.cancel(self._timer)
             self._timer = None
         self._packets = []
         if self._reading is not None:
