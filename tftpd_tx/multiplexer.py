@@ -60,12 +60,15 @@ class _TransferSocket:
     C{recvfrom} itself (with a receive timeout of the linger, set the first
     time it is needed: most transfers of a busy server never wait); every
     other call passes C{MSG_DONTWAIT} and never blocks.
+
+    One per transfer, thousands at once: no dictionary each, and nothing
+    made for a transfer that does not need it (a lock-step transfer never
+    sends a window, so it has no L{Segmenter}).
     """
 
-    # One per transfer, thousands at once: no dictionary each.
     __slots__ = (
-        "socket", "protocol", "_multiplexer", "_max_packet_size", "_trim", "_segmenter",
-        "_sendto", "_wait_bound",
+        "socket", "protocol", "_multiplexer", "_interface", "_max_packet_size", "_trim",
+        "_segmenter", "_wait_bound",
     )
 
     def __init__(self, multiplexer, protocol, interface: str, max_packet_size: int):
@@ -78,14 +81,14 @@ class _TransferSocket:
             raise error.CannotListenError(interface, 0, reason)
         self.protocol = protocol
         self._multiplexer = multiplexer
+        self._interface = interface
         self._max_packet_size = max_packet_size
         self._trim = family == socket.AF_INET6
-        self._segmenter = Segmenter()
-        self._sendto = self.socket.sendto
+        self._segmenter: Segmenter | None = None
         self._wait_bound = 0.0
 
     def write(self, datagram: bytes, addr) -> None:
-        self._sendto(datagram, _DONTWAIT, addr)
+        self.socket.sendto(datagram, _DONTWAIT, addr)
 
     def send_window(self, datagrams: list[bytes], addr) -> int:
         """
@@ -97,7 +100,10 @@ class _TransferSocket:
         @return: how many datagrams the kernel took; the rest were refused
             (a full buffer) and count as lost.
         """
-        start, sent = self._segmenter.send(self.socket.sendmsg, datagrams, (), addr)
+        segmenter = self._segmenter
+        if segmenter is None:
+            segmenter = self._segmenter = Segmenter()
+        start, sent = segmenter.send(self.socket.sendmsg, datagrams, (), addr)
         write = self.socket.sendto
         for datagram in datagrams[start:]:
             try:
@@ -109,6 +115,10 @@ class _TransferSocket:
 
     def getHost(self):
         host, port = self.socket.getsockname()[:2]
+        if host == self._interface:
+            # The transfer keeps its address, and its request already holds
+            # this text: no copy of it for each transfer.
+            host = self._interface
         if self._trim:
             return IPv6Address("UDP", host, port)
         return IPv4Address("UDP", host, port)
