@@ -42,6 +42,14 @@ class NormalizePathTests(SynchronousTestCase):
             {"pxelinux.0": "pxelinux.0", "boot/grub/grub.cfg": "boot/grub/grub.cfg"}
         )
 
+    def test_normal_path_is_the_path(self):
+        """
+        A path that is already normal is returned as it is, not as a copy:
+        a request keeps both for as long as its transfer runs.
+        """
+        path = "".join(["boot/", "pxelinux.0"])
+        self.assertIs(normalize_path(path), path)
+
     def test_leading_slashes(self):
         """
         Leading slashes are dropped, so an absolute path names the same file

@@ -205,6 +205,15 @@ class DecodeTests(SynchronousTestCase):
         """
         assert decode(b"\x00\x01f\x00NetASCII\x00").mode == "netascii"
 
+    def test_mode_shared(self):
+        """
+        Requests that name the same mode, however spelt, share one string
+        for it (a transfer keeps its request's mode while it runs).
+        """
+        first = decode(b"\x00\x01a\x00octet\x00").mode
+        second = decode(b"\x00\x01b\x00OCTET\x00").mode
+        assert first is second
+
     def test_empty_mode_kept(self):
         """
         An empty mode decodes; whether it is supported is the server's call.

@@ -231,4 +231,8 @@ def normalize_path(path: str) -> str:
     """
     relative = path.replace("\\", "/").lstrip("/")
     normalized = posixpath.normpath(relative) if relative else ""
-    return "" if normalized == "." else normalized
+    if normalized == ".":
+        return ""
+    # Most paths are already normal: a request keeps both for as long as
+    # its transfer runs, and then they are one string, not two.
+    return path if normalized == path else normalized

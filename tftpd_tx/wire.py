@@ -138,6 +138,11 @@ def _options_from(strings: list[bytes], opcode: int) -> dict[str, str]:
     return options
 
 
+#: RFC 1350's modes, each one string for every request that names it: a
+#: request's mode lives as long as its transfer.
+_KNOWN_MODES = {mode.encode("ascii"): mode for mode in ("netascii", "octet", "mail")}
+
+
 @dataclass(frozen=True)
 class _Request:
     """
@@ -165,7 +170,10 @@ class _Request:
         raw_name, raw_mode = strings[0], strings[1]
         if not raw_name:
             raise DecodeError("empty filename", cls.opcode)
-        mode = raw_mode.decode("ascii", "replace").lower()
+        lowered = raw_mode.lower()
+        mode = _KNOWN_MODES.get(lowered)
+        if mode is None:
+            mode = lowered.decode("ascii", "replace")
         filename = raw_name.decode("utf-8", "replace")
         return cls(filename, mode, _options_from(strings[2:], cls.opcode))
 
