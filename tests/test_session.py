@@ -524,15 +524,36 @@ class WindowTests(SessionMixin, SynchronousTestCase):
             [struct.unpack("!H", p[2:4])[0] for p in port.take()], [3, 4, 5, 6]
         )
 
-    def test_timeout_resends_whole_window(self):
+    def test_timeout_probes_then_resends_whole_window(self):
         """
-        On timeout the unacknowledged window goes again, once.
+        The first timeout of a window sends its last block alone (a tail
+        loss probe: a loss before it would have drawn the client's ACK of
+        the gap); the next one sends the whole unacknowledged window again.
         """
         port = self.start(b"z" * 95, Negotiated(blksize=10, windowsize=3))
-        first = port.take()
-        self.reactor.advance(1)
-        self.assertEqual(port.take(), first)
-        self.assertEqual(self.session.stats.retransmits, 3)
+        port.take()
+        port.deliver(ack(3), PEER)
+        window = port.take()
+        self.assertEqual(window, [data(block, b"z" * 10) for block in (4, 5, 6)])
+        self.reactor.advance(SCHEDULE[0])
+        self.assertEqual(port.take(), window[-1:])
+        self.reactor.advance(SCHEDULE[1])
+        self.assertEqual(port.take(), window)
+        self.assertEqual(self.session.stats.retransmits, 4)
+
+    def test_probe_answered_with_the_last_ack_sends_the_window(self):
+        """
+        A client that got none of the window answers the probe with the
+        ACK of where it is: the whole window goes again at once.
+        """
+        port = self.start(b"z" * 95, Negotiated(blksize=10, windowsize=3))
+        port.take()
+        port.deliver(ack(3), PEER)
+        window = port.take()
+        self.reactor.advance(SCHEDULE[0])
+        self.assertEqual(port.take(), window[-1:])
+        port.deliver(ack(3), PEER)
+        self.assertEqual(port.take(), window)
 
     def test_stale_ack_ignored(self):
         """
@@ -907,11 +928,9 @@ class WindowLossTests(SessionMixin, SynchronousTestCase):
 
     def test_tail_loss_keeps_the_window_in_step(self):
         """
-        When the end of a window is lost, the timer sends the window again;
-        the client acknowledges its last block again on seeing it twice,
-        and counts a new window from there: the window slides to end a
-        window after that block, so the client's next ACK is of a whole
-        window and every later block goes once.
+        When the end of a window is lost, the timer sends the window's last
+        block alone (the tail loss probe), which completes the client's
+        window: it acknowledges it, and every later block goes once.
         """
         content = os.urandom(10 * 40 + 3)
         port = self.start(content, Negotiated(blksize=10, windowsize=4), round_trip=self.round_trip())
@@ -919,8 +938,8 @@ class WindowLossTests(SessionMixin, SynchronousTestCase):
         self.exchange(port, client)
         self.assertEqual(b"".join(client.chunks), content)
         self.assertEqual(client.timeouts, 0)
-        self.assertEqual(self.session.stats.retransmits, 4)
-        self.assertEqual(self.session.stats.packets_sent, 41 + 4)
+        self.assertEqual(self.session.stats.retransmits, 1)
+        self.assertEqual(self.session.stats.packets_sent, 41 + 1)
 
     def test_partial_acks_of_several_blocks_are_gaps(self):
         """
@@ -1059,7 +1078,9 @@ class SpuriousTimeoutTests(SessionMixin, SynchronousTestCase):
         port.deliver(ack(windowsize), PEER)
         port.take()
         self.reactor.advance(0.05)
-        self.assertEqual(len(port.take()), windowsize)
+        # The timer sends one block: lock-step's, or a window's last (the
+        # tail loss probe).
+        self.assertEqual(len(port.take()), 1)
         return port
 
     def test_counted_when_the_copy_is_acknowledged(self):

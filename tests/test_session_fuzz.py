@@ -481,6 +481,9 @@ class SessionMachine(RuleBasedStateMachine):
             starts = {self.acked + 1}
             if cause in ("progress", "read", "start"):
                 starts.add(self.sent_to + 1)
+            if cause == "timer" and blocks == [self.sent_to] and self.sent_to > self.acked + 1:
+                # The tail loss probe: the last block of the flight alone.
+                starts.add(self.sent_to)
             assert blocks[0] in starts, f"a {cause} step sent {blocks}, not from {starts}"
         if blocks:
             self.sent_to = max(self.sent_to, blocks[-1])

@@ -748,6 +748,16 @@ class ReadSession(DatagramProtocol):
             # a read is pending there may be nothing to resend: the wait
             # still counts, so a read that never returns ends the session.
             self.stats.retransmits += self._send(self._packets[: self._sent])
+        elif self._attempt == 1 and self._sent > 1:
+            # A tail loss probe (RFC 8985 section 7.3): a flight that draws
+            # no ACK at all has most likely lost its last blocks, since a
+            # loss before them would have drawn the client's ACK of the gap.
+            # The last block alone completes the client's window, which it
+            # then acknowledges; a client that has nothing acknowledges
+            # where it is, and the window goes again from there.  Resending
+            # the whole flight instead would send the window twice for one
+            # lost block.
+            self.stats.retransmits += self._send([self._packets[self._sent - 1]])
         else:
             self._resend_window(now)
             self._blind = True
