@@ -749,7 +749,7 @@ class ReadSession(DatagramProtocol):
             # still counts, so a read that never returns ends the session.
             self.stats.retransmits += self._send(self._packets[: self._sent])
         elif self._attempt == 1 and self._sent > 1:
-            # A tail loss probe (RFC 8985 section 7.3): a flight that draws
+            # A tail loss probe (RFC 8985 section 7): a flight that draws
             # no ACK at all has most likely lost its last blocks, since a
             # loss before them would have drawn the client's ACK of the gap.
             # The last block alone completes the client's window, which it
