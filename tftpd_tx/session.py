@@ -756,7 +756,9 @@ class ReadSession(DatagramProtocol):
             # then acknowledges; a client that has nothing acknowledges
             # where it is, and the window goes again from there.  Resending
             # the whole flight instead would send the window twice for one
-            # lost block.
+            # lost block.  A loss all the same: the next window waits (see
+            # _slow_down).
+            self._slow_down()
             self.stats.retransmits += self._send([self._packets[self._sent - 1]])
         else:
             self._resend_window(now)
