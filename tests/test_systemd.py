@@ -379,20 +379,48 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-class SocketActivationTests(TestCase):
+class ActivatedRoot(TestCase):
     """
-    C{systemd-socket-activate --datagram -l ADDR:PORT ... twistd tftp
-    --systemd}: the sockets it binds are the ones served.
+    A root with one random C{file} of L{size} bytes, and
+    C{systemd-socket-activate} to start the server under.
     """
 
-    timeout = 90
+    size = 100_000
 
     def setUp(self):
         self.activate = require_program("systemd-socket-activate")
         self.directory = make_directory(self)
         self.root = os.path.join(self.directory, "root")
         os.mkdir(self.root)
-        self.content = random_file(self.root, "file", 100_000)
+        self.content = random_file(self.root, "file", self.size)
+
+    def activated(self, launcher, *options):
+        """
+        Spawn C{launcher} (the command line that ends in
+        C{systemd-socket-activate} and its sockets) starting C{twistd tftp
+        --systemd} with C{options}.
+        """
+        env = twistd_environment()
+        return spawn(
+            [
+                # It hands its child a fresh environment: the checkout must
+                # be passed on to be the code under test.
+                *launcher, "-E", f"PYTHONPATH={env['PYTHONPATH']}",
+                *TWISTD, "-n", "--pidfile=", "tftp", "--systemd", "--root", self.root,
+                "--shutdown-grace", "1", *options,
+            ],
+            cwd=self.directory,
+            env=env,
+        )  # fmt: skip
+
+
+class SocketActivationTests(ActivatedRoot):
+    """
+    C{systemd-socket-activate --datagram -l ADDR:PORT ... twistd tftp
+    --systemd}: the sockets it binds are the ones served.
+    """
+
+    timeout = 90
 
     async def start(self, addresses, *options):
         """
@@ -403,18 +431,7 @@ class SocketActivationTests(TestCase):
         listen = []
         for host, port in addresses:
             listen += ["-l", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        env = twistd_environment()
-        process = spawn(
-            [
-                # It hands its child a fresh environment: the checkout must
-                # be passed on to be the code under test.
-                self.activate, "--datagram", *listen, "-E", f"PYTHONPATH={env['PYTHONPATH']}",
-                *TWISTD, "-n", "--pidfile=", "tftp", "--systemd", "--root", self.root,
-                "--shutdown-grace", "1", *options,
-            ],
-            cwd=self.directory,
-            env=env,
-        )  # fmt: skip
+        process = self.activated([self.activate, "--datagram", *listen], *options)
 
         def stop():
             if not process.ended.called:
@@ -478,7 +495,7 @@ class SocketActivationTests(TestCase):
 ACTIVATE = [sys.executable, os.path.join(REPO_ROOT, "tests", "activate.py")]
 
 
-class SocketActivationWorkersTests(TestCase):
+class SocketActivationWorkersTests(ActivatedRoot):
     """
     C{twistd tftp --systemd --workers 2} under C{systemd-socket-activate},
     handed two C{SO_REUSEPORT} sockets on each of two addresses as a socket
@@ -488,13 +505,10 @@ class SocketActivationWorkersTests(TestCase):
     """
 
     timeout = 120
+    size = 30_000
 
     def setUp(self):
-        self.activate = require_program("systemd-socket-activate")
-        self.directory = make_directory(self)
-        self.root = os.path.join(self.directory, "root")
-        os.mkdir(self.root)
-        self.content = random_file(self.root, "file", 30_000)
+        super().setUp()
         self.addresses = [
             ("127.0.0.1", free_udp_port()), ("127.0.0.2", free_udp_port("127.0.0.2"))
         ]
@@ -505,17 +519,7 @@ class SocketActivationWorkersTests(TestCase):
         handed C{sockets} (C{"HOST:PORT"}, and C{--plain} first for no
         C{SO_REUSEPORT}), and send it the datagram that starts it.
         """
-        env = twistd_environment()
-        process = spawn(
-            [
-                *ACTIVATE, *sockets, "--", self.activate, "--datagram",
-                "-E", f"PYTHONPATH={env['PYTHONPATH']}",
-                *TWISTD, "-n", "--pidfile=", "tftp", "--systemd", "--root", self.root,
-                "--shutdown-grace", "1", *options,
-            ],
-            cwd=self.directory,
-            env=env,
-        )  # fmt: skip
+        process = self.activated([*ACTIVATE, *sockets, "--", self.activate, "--datagram"], *options)
 
         def stop():
             if not process.ended.called:
