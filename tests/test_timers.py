@@ -107,3 +107,22 @@ class TimerQueueTests(SynchronousTestCase):
         self.assertLessEqual(len(self.queue._heap), 10 + 2 * TimerQueue.COMPACT_AFTER)
         self.clock.advance(10.0)
         self.assertEqual(sorted(name for name, _ in self.fired), list(range(10)))
+
+    def test_failing_action_spares_the_others(self):
+        """
+        An action that raises is logged, and the others due with it still
+        run, as does the next deadline.
+        """
+
+        def broken():
+            raise ZeroDivisionError("timer bug")
+
+        self.at(1.0, "before")
+        self.queue.call_at(1.0, broken)
+        self.at(1.0, "after")
+        self.at(2.0, "later")
+        self.clock.advance(1.0)
+        self.assertEqual(self.fired, [("before", 1.0), ("after", 1.0)])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(self.fired[-1], ("later", 2.0))

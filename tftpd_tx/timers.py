@@ -21,6 +21,8 @@ import heapq
 import itertools
 from typing import Callable
 
+from twisted.logger import Logger
+
 __all__ = ["Timer", "TimerQueue"]
 
 
@@ -55,6 +57,8 @@ class TimerQueue:
     #: Cancelled entries tolerated in the heap before it is rebuilt without
     #: them (and then only if they are at least half of it).
     COMPACT_AFTER = 64
+
+    _log = Logger()
 
     def __init__(self, clock) -> None:
         self._clock = clock
@@ -128,16 +132,20 @@ class TimerQueue:
             else:
                 due.append(timer)
         self._firing = True
-        try:
-            for timer in due:
-                action = timer.action
-                if action is not None:
-                    timer.action = None
-                    self._live -= 1
+        for timer in due:
+            action = timer.action
+            if action is not None:
+                timer.action = None
+                self._live -= 1
+                # As the reactor does for its own calls: one that fails is
+                # logged, and the others still run (each is a transfer's
+                # only timer).
+                try:
                     action()
-        finally:
-            self._firing = False
-            self._next()
+                except Exception:
+                    self._log.failure("A timer's action failed")
+        self._firing = False
+        self._next()
 
     def _next(self) -> None:
         heap = self._heap
