@@ -36,6 +36,7 @@ __all__ = [
     "LiveSettings",
     "Operator",
     "OperatorNamespace",
+    "address_text",
     "format_counters",
     "format_flaps",
     "format_kill",
@@ -228,7 +229,11 @@ class Operator:
 # -- text ------------------------------------------------------------------
 
 
-def _address(address) -> str:
+def address_text(address) -> str:
+    """
+    C{HOST:PORT} of a C{(host, port, ...)} address, the host in brackets
+    when it is IPv6; C{-} for none.
+    """
     if not address:
         return "-"
     host, port = address[:2]
@@ -296,8 +301,8 @@ def format_transfers(status: dict[str, Any], transfers: list[dict[str, Any]]) ->
         rows.append(
             [
                 str(transfer["id"]),
-                _address(transfer["peer"]),
-                _address(transfer["local"]),
+                address_text(transfer["peer"]),
+                address_text(transfer["local"]),
                 transfer["path"],
                 str(transfer["block"]),
                 str(transfer["blksize"]),
@@ -327,7 +332,7 @@ def format_transfer(session_id: int, transfer: dict[str, Any] | None) -> str:
         return _no_transfer(session_id)
     since = transfer["since_last_ack"]
     lines = [
-        f"transfer {session_id}: {transfer['path']!r} to {_address(transfer['peer'])}",
+        f"transfer {session_id}: {transfer['path']!r} to {address_text(transfer['peer'])}",
         f"  age {_seconds(transfer['age'])}, "
         f"{transfer['block']} block(s) acknowledged, last ACK "
         + ("none yet" if since is None else f"{_seconds(since)} ago"),
@@ -351,7 +356,7 @@ def format_kill(session_id: int, killed: dict[str, Any] | None) -> str:
         return _no_transfer(session_id)
     return (
         f"Killed transfer {session_id}: {killed['path']!r} to "
-        f"{_address(killed['peer'])} ({killed['sent']} bytes sent)"
+        f"{address_text(killed['peer'])} ({killed['sent']} bytes sent)"
     )
 
 

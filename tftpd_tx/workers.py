@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from . import control, reuseport
 from .host import HostServer, IWorkerSlot, Totals, WorkersCollector, worker_problem
+from .operator import address_text
 from .service import listening_address
 
 __all__ = [
@@ -177,11 +178,6 @@ def bind_sockets(interface: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def _address(skt: socket.socket) -> str:
-    host, port = skt.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def worker_sockets(sockets, count: int | str) -> list[list[socket.socket]]:
     """
     The sockets of each of C{count} workers (L{AUTO}: as many as there are
@@ -202,7 +198,7 @@ def worker_sockets(sockets, count: int | str) -> list[list[socket.socket]]:
     groups: dict[tuple, list[socket.socket]] = {}
     for skt in sockets:
         groups.setdefault(skt.getsockname()[:2], []).append(skt)
-    counts = {_address(group[0]): len(group) for group in groups.values()}
+    counts = {address_text(group[0].getsockname()): len(group) for group in groups.values()}
     if count == AUTO:
         if len(set(counts.values())) > 1:
             found = ", ".join(f"{name}: {number}" for name, number in counts.items())
@@ -223,7 +219,7 @@ def worker_sockets(sockets, count: int | str) -> list[list[socket.socket]]:
         for skt in sockets:
             if not skt.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
                 raise ValueError(
-                    f"--workers {count}: the sockets on {_address(skt)} lack SO_REUSEPORT,"
+                    f"--workers {count}: the sockets on {address_text(skt.getsockname())} lack SO_REUSEPORT,"
                     " so one of them would get every datagram: set ReusePort=yes in the"
                     " socket unit"
                 )
