@@ -65,7 +65,6 @@ class TimerQueue:
         self._heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._live = 0
-        self._cancelled = 0
         self._call = None
         self._call_at = 0.0
         self._firing = False
@@ -98,16 +97,16 @@ class TimerQueue:
         self._live -= 1
         if not self._live:
             self._heap.clear()
-            self._cancelled = 0
             if self._call is not None:
                 self._call.cancel()
                 self._call = None
             return
-        self._cancelled += 1
-        if self._cancelled > self.COMPACT_AFTER and self._cancelled * 2 > len(self._heap):
+        # Every live timer is in the heap (but for those due now, while
+        # they run): the rest of it is cancelled ones.
+        cancelled = len(self._heap) - self._live
+        if cancelled > self.COMPACT_AFTER and cancelled * 2 > len(self._heap):
             self._heap = [entry for entry in self._heap if entry[2].action is not None]
             heapq.heapify(self._heap)
-            self._cancelled = 0
 
     def _wake_at(self, when: float) -> None:
         if self._call is not None:
@@ -127,9 +126,7 @@ class TimerQueue:
         due = []
         while heap and heap[0][0] <= now:
             timer = heapq.heappop(heap)[2]
-            if timer.action is None:
-                self._cancelled -= 1
-            else:
+            if timer.action is not None:
                 due.append(timer)
         self._firing = True
         for timer in due:
@@ -151,9 +148,7 @@ class TimerQueue:
         heap = self._heap
         while heap and heap[0][2].action is None:
             heapq.heappop(heap)
-            self._cancelled -= 1
         if not heap:
-            self._cancelled = 0
             if self._call is not None:
                 self._call.cancel()
                 self._call = None
